@@ -1,0 +1,1 @@
+"""Agents: the interface, the registry and the built-in ones."""

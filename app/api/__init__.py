@@ -1,0 +1,1 @@
+"""HTTP and WebSocket handlers: parse, call the engine, respond. Thin by design."""

@@ -1,0 +1,148 @@
+"""The HTTP API of PROTOCOL.md (JSON and SSE endpoints)."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from app.api.common import (
+    json_response,
+    parse_last_event_id,
+    path_id,
+    read_json,
+    wants_sse,
+)
+from app.engine.engine import Engine
+from app.errors import ApiError, not_found
+from app.sinks.sse import SseSink, open_sse, serve_sink
+from app.state import STATE, State, connection_id
+from protocol.messages import AgentList, InputRequest, StartRunRequest, StartRunResponse
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+
+
+def _state(request: web.Request) -> State:
+    return request.app[STATE]
+
+
+def _events_url(run_id: str) -> str:
+    return f"/v1/runs/{run_id}/events"
+
+
+@routes.post("/v1/runs")
+async def start_run(request: web.Request) -> web.StreamResponse:
+    st = _state(request)
+    body = await read_json(request, StartRunRequest, st.settings.max_body)
+    run = await st.engine.start_run(body)
+    record = run.record
+    structlog.contextvars.bind_contextvars(
+        run_id=record.run_id, conversation_id=record.conversation_id
+    )
+    if not wants_sse(request):
+        return json_response(
+            StartRunResponse(record.run_id, record.conversation_id, record.status,
+                             _events_url(record.run_id)),
+            status=202,
+        )
+    sink = await _stream(request, st, record.conversation_id, record.first_seq - 1, record.run_id)
+    if sink.close_reason == "disconnected" and record.on_disconnect == "cancel":
+        await st.engine.cancel(record.run_id, reason="client_disconnected")
+    return sink.response
+
+
+@routes.get("/v1/runs/{run_id}")
+async def get_run(request: web.Request) -> web.Response:
+    engine = _state(request).engine
+    record = await engine.get_run(path_id(request, "run_id"))
+    return json_response(Engine.run_info(record))
+
+
+@routes.get("/v1/runs/{run_id}/events")
+async def run_events(request: web.Request) -> web.StreamResponse:
+    st = _state(request)
+    record = await st.engine.get_run(path_id(request, "run_id"))
+    after = parse_last_event_id(request)
+    if record.done_seq is not None and after >= record.done_seq:
+        # The browser saw ``done``: 204 makes EventSource stop reconnecting.
+        return web.Response(status=204)
+    await _check_not_ahead(st, record.conversation_id, after)
+    start = max(after, record.first_seq - 1)
+    sink = await _stream(request, st, record.conversation_id, start, record.run_id)
+    return sink.response
+
+
+@routes.get("/v1/conversations/{conversation_id}/events")
+async def conversation_events(request: web.Request) -> web.StreamResponse:
+    st = _state(request)
+    cid = path_id(request, "conversation_id")
+    if await st.engine.conversation(cid) is None:
+        raise not_found("conversation", cid)
+    after = parse_last_event_id(request)
+    await _check_not_ahead(st, cid, after)
+    sink = await _stream(request, st, cid, after, None)
+    return sink.response
+
+
+async def _check_not_ahead(st: State, conversation_id: str, after: int) -> None:
+    conv = await st.engine.conversation(conversation_id)
+    last = conv.seq if conv is not None else 0
+    if after > last:
+        raise ApiError(400, "invalid_last_event_id",
+                       f"last event id {after} is ahead of the conversation (last seq {last})")
+
+
+async def _stream(
+    request: web.Request, st: State, conversation_id: str, after: int, run_id: str | None
+) -> SseSink:
+    cid = connection_id()
+    structlog.contextvars.bind_contextvars(connection_id=cid, conversation_id=conversation_id)
+    if st.shutting_down:
+        raise ApiError(503, "shutting_down", "the server is shutting down")
+    response = await open_sse(request, st.settings.policy)
+    sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
+    sink.subscribe(conversation_id, after=after, run_id=run_id, ends_on_done=run_id is not None)
+    st.sinks.add(sink)
+    try:
+        await serve_sink(sink)
+    finally:
+        st.sinks.discard(sink)
+        log.info("sse_closed", reason=sink.close_reason, delivered=sink.delivered)
+    return sink
+
+
+@routes.post("/v1/runs/{run_id}/input")
+async def answer_input(request: web.Request) -> web.Response:
+    st = _state(request)
+    run_id = path_id(request, "run_id")
+    body = await read_json(request, InputRequest, st.settings.max_body)
+    await st.engine.answer(run_id, body.request_id, body.value)
+    record = await st.engine.get_run(run_id)
+    return json_response(Engine.run_info(record))
+
+
+@routes.post("/v1/runs/{run_id}/cancel")
+async def cancel_run(request: web.Request) -> web.Response:
+    st = _state(request)
+    running, record = await st.engine.cancel(path_id(request, "run_id"))
+    return json_response(Engine.run_info(record), status=202 if running else 200)
+
+
+@routes.get("/v1/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    return json_response(AgentList(_state(request).agents.cards()))
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    st = _state(request)
+    if st.shutting_down:
+        return json_response({"status": "shutting_down"}, status=503)
+    if not await st.store.ping():
+        return json_response({"status": "store_unavailable"}, status=503)
+    return json_response({"status": "ready"})

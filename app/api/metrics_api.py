@@ -1,0 +1,30 @@
+"""``GET /metrics``: Prometheus text, with state gauges refreshed at scrape time."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app import metrics
+from app.state import STATE
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/metrics")
+async def scrape(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    depth = {"sse": 0, "ws": 0}
+    lagging = {"sse": 0, "ws": 0}
+    for sink in st.sinks:
+        depth[sink.transport] += sink.queued_events
+        lagging[sink.transport] += sum(1 for s in sink.subs.values() if s.lagging)
+    for transport in depth:
+        metrics.QUEUE_DEPTH.labels(transport).set(depth[transport])
+        metrics.LAGGING.labels(transport).set(lagging[transport])
+    metrics.STORE_PENDING.set(st.store.pending)
+    st.engine.refresh_gauges()
+    return web.Response(
+        body=generate_latest(metrics.REGISTRY),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )

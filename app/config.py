@@ -1,0 +1,134 @@
+"""One settings Struct, read from flags and environment (``AGENTSTREAM_<FLAG>``), validated
+at start. argparse is enough for a flat flag list; every flag doubles as an env variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import msgspec
+
+from app.sinks.policy import SinkPolicy
+
+ENV_PREFIX = "AGENTSTREAM_"
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db: str = "agentstream.db"
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "info"
+    # Seconds a require_user_input waits when the agent gave no deadline.
+    input_timeout: float = 300.0
+    # Longest a run may take before it ends ``failed {run_timeout}``.
+    run_timeout: float = 3600.0
+    # Seconds given to open streams and runs on SIGTERM before the process exits.
+    shutdown_grace: float = 10.0
+    # Bytes allowed in one HTTP request body.
+    max_body: int = 1024 * 1024
+    # Bytes allowed in one WebSocket message.
+    max_ws_message: int = 1024 * 1024
+    # Store batching: operations per transaction, producer pause/resume marks.
+    store_batch: int = 2000
+    store_high_water: int = 20_000
+    store_low_water: int = 5_000
+    # Finished conversations idle longer than this are deleted (0: keep forever).
+    retention: float = 0.0
+    retention_sweep: float = 60.0
+    policy: SinkPolicy = msgspec.field(default_factory=SinkPolicy)
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0..65535")
+        for name in ("input_timeout", "run_timeout", "shutdown_grace", "retention_sweep"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.retention < 0:
+            raise ValueError("retention must be >= 0")
+        if self.max_body < 1024 or self.max_ws_message < 1024:
+            raise ValueError("max_body and max_ws_message must be >= 1024")
+        if not 0 < self.store_low_water < self.store_high_water:
+            raise ValueError("need 0 < store_low_water < store_high_water")
+        self.policy.validate()
+
+
+# flag name -> (help, type); policy fields are flattened as top-level flags.
+_FLAGS: dict[str, tuple[str, type]] = {
+    "host": ("interface to bind", str),
+    "port": ("TCP port", int),
+    "db": ("SQLite file (':memory:' for none)", str),
+    "log_format": ("json or console", str),
+    "log_level": ("debug, info, warning, error", str),
+    "input_timeout": ("default seconds a require_user_input waits", float),
+    "run_timeout": ("seconds before a run fails with run_timeout", float),
+    "shutdown_grace": ("seconds to drain on SIGTERM", float),
+    "max_body": ("max HTTP request body bytes", int),
+    "max_ws_message": ("max WebSocket message bytes", int),
+    "store_batch": ("max operations per store transaction", int),
+    "store_high_water": ("pending store ops at which producers pause", int),
+    "store_low_water": ("pending store ops at which producers resume", int),
+    "retention": ("seconds a finished conversation is kept (0: forever)", float),
+    "retention_sweep": ("seconds between retention sweeps", float),
+    "heartbeat": ("seconds between SSE pings / WebSocket pings", float),
+    "queue_events": ("per-connection queue bound, events", int),
+    "queue_bytes": ("per-connection queue bound, bytes", int),
+    "write_timeout": ("seconds a write may take before the peer is dropped", float),
+    "idle_timeout": ("close connections idle this long (0: never)", float),
+    "max_lifetime": ("close streams after this long with a retry hint (0: never)", float),
+    "retry_ms": ("SSE retry hint in ms", int),
+    "catchup_page": ("events per store read while catching up", int),
+}
+_POLICY_FIELDS = set(SinkPolicy.__struct_fields__)
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="agentstream: stream AI-agent runs over SSE and WebSocket. "
+        f"Every flag can also be set as {ENV_PREFIX}<FLAG> in the environment.",
+    )
+    defaults = Settings()
+    for flag, (text, typ) in _FLAGS.items():
+        default = getattr(defaults.policy if flag in _POLICY_FIELDS else defaults, flag)
+        parser.add_argument(
+            "--" + flag.replace("_", "-"),
+            dest=flag,
+            type=typ,
+            default=None,
+            help=f"{text} (env {_env_name(flag)}, default {default!r})",
+        )
+    return parser
+
+
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Flags win over environment, environment over defaults. Raises ValueError if invalid."""
+    env = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    top: dict[str, Any] = {}
+    policy: dict[str, Any] = {}
+    for flag, (_, typ) in _FLAGS.items():
+        value = args.get(flag)
+        if value is None and _env_name(flag) in env:
+            raw = env[_env_name(flag)]
+            try:
+                value = typ(raw)
+            except ValueError:
+                raise ValueError(f"{_env_name(flag)}={raw!r} is not a valid {typ.__name__}")
+        if value is not None:
+            (policy if flag in _POLICY_FIELDS else top)[flag] = value
+    try:
+        settings = msgspec.convert({**top, "policy": policy}, Settings)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    settings.validate()
+    return settings

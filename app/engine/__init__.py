@@ -1,0 +1,1 @@
+"""The session engine: runs, conversations, seq, input, cancel, and the fan-out hub."""

@@ -1,0 +1,57 @@
+"""structlog set-up: JSON lines for machines, a console renderer for a terminal.
+
+Context (request, connection, conversation and run ids) is bound with contextvars, so every
+line a handler or run task logs carries them. stdlib logging (aiohttp's own) is routed
+through the same processors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+REDACTED = "[redacted]"
+SECRET_KEYS = ("access_token", "token", "authorization", "api_key", "password")
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Never log a credential, whatever key a caller bound it under."""
+    for key in list(event):
+        if key.lower() in SECRET_KEYS:
+            event[key] = REDACTED
+    return event
+
+
+def configure(fmt: str = "json", level: str = "info") -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,159 @@
+"""create_app(): wiring, routes, middlewares, start-up and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from app.agents.registry import AgentRegistry
+from app.api import http, metrics_api
+from app.api.common import error_response
+from app.config import Settings
+from app.engine.engine import Engine
+from app.engine.hub import Hub
+from app.errors import ApiError
+from app.metrics import PUBLISHED, observe_store_batch
+from app.state import STATE, State
+from app.store.base import EventStore
+from app.store.sqlite import SqliteEventStore
+
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id for every log line; log one access line without the query string
+    (it may carry a token)."""
+    structlog.contextvars.clear_contextvars()
+    rid = request.headers.get("X-Request-ID", "")[:64] or "q" + secrets.token_hex(6)
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        log.info("http_request", method=request.method, path=request.path, status=status,
+                 ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every non-2xx is ``{"error": {code, message}}``; a bug is a logged 500, no trace out."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status, "http_error"
+        )
+        return error_response(exc.status, code, exc.reason)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unhandled_error")
+        return error_response(500, "internal_error", "internal error")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: EventStore | None = None,
+    agents: AgentRegistry | None = None,
+) -> web.Application:
+    settings = settings or Settings()
+    settings.validate()
+    store = store or SqliteEventStore(
+        settings.db,
+        batch_max=settings.store_batch,
+        high_water=settings.store_high_water,
+        low_water=settings.store_low_water,
+    )
+    store.batch_observer = observe_store_batch
+    hub = Hub()
+    hub.on_published = PUBLISHED.inc
+    agents = agents or AgentRegistry()
+    engine = Engine(
+        store, hub, agents,
+        input_timeout=settings.input_timeout, run_timeout=settings.run_timeout,
+    )
+    state = State(settings, store, hub, agents, engine)
+
+    app = web.Application(
+        middlewares=[context_middleware, error_middleware],
+        client_max_size=settings.max_body,
+    )
+    app[STATE] = state
+    app.add_routes(http.routes)
+    app.add_routes(metrics_api.routes)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    st = app[STATE]
+    await st.store.open()
+    interrupted = await st.engine.recover()
+    log.info("store_opened", store=type(st.store).__name__, interrupted_runs=interrupted)
+    sweeper = asyncio.create_task(_retention_loop(st), name="retention")
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        # Runs that are still open (no graceful shutdown happened) end interrupted now.
+        await st.engine.shutdown(st.settings.shutdown_grace)
+        await st.store.close()
+        await st.agents.close()
+        log.info("store_closed")
+
+
+async def _retention_loop(st: State) -> None:
+    if st.settings.retention <= 0:
+        return
+    while True:
+        await asyncio.sleep(st.settings.retention_sweep)
+        try:
+            cutoff = int((time.time() - st.settings.retention) * 1000)
+            deleted = await st.store.expire_conversations(cutoff)
+            if deleted:
+                st.engine.forget_conversations(deleted)
+                log.info("conversations_expired", count=len(deleted))
+        except Exception:
+            log.exception("retention_sweep_failed")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    """SIGTERM: refuse new work, end runs ``interrupted``, flush, let streams say goodbye."""
+    st = app[STATE]
+    st.shutting_down = True
+    grace = st.settings.shutdown_grace
+    deadline = time.monotonic() + grace
+    log.info("shutdown_started", runs=len(st.engine.active), connections=len(st.sinks))
+    await st.engine.shutdown(grace / 2)
+    with contextlib.suppress(Exception):
+        await st.store.flush(timeout=max(0.1, deadline - time.monotonic()))
+    for sink in list(st.sinks):
+        sink.shutdown()
+    while st.sinks and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    for sink in list(st.sinks):
+        sink.close("shutdown")
+        sink.abort()
+    log.info("shutdown_done", remaining_connections=len(st.sinks))

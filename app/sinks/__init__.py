@@ -1,0 +1,1 @@
+"""Per-connection sinks (SSE, WebSocket) sharing one policy."""

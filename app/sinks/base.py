@@ -1,0 +1,338 @@
+"""The transport-neutral sink: bounded queue, lossless catch-up, timeouts, lifetime.
+
+One sink per connection; it may hold many subscriptions (a WebSocket does; SSE holds one).
+The connection's handler owns the sink and runs ``Sink.run()``, the only task that writes
+events to the transport. The hub calls ``offer`` synchronously on every commit.
+
+Lossless lag policy: a subscription starts *lagging*, reads what it missed from the store
+from its last written seq, and joins live only when it has read up to what the hub has
+published (a synchronous check, so nothing slips between the two). When the queue passes
+its bound, it is dropped whole and every subscription goes back to lagging from its last
+*written* seq. Live batches that overlap what a catch-up already wrote are trimmed by seq,
+so there is no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from typing import TYPE_CHECKING
+
+import structlog
+
+from app import metrics
+from app.engine.hub import Batch, Hub, Transport, frames_of
+from app.sinks.merge import merge_chunks
+from app.sinks.policy import SinkPolicy
+
+if TYPE_CHECKING:
+    from app.store.base import EventStore
+
+log = structlog.get_logger(__name__)
+
+
+class SinkClosed(Exception):
+    """The connection is gone or was closed by policy; the reason is in ``Sink.close_reason``."""
+
+
+class Subscription:
+    __slots__ = (
+        "conversation_id",
+        "ended",
+        "ends_on_done",
+        "enqueued_seq",
+        "key",
+        "lagging",
+        "run_id",
+        "sink",
+        "written_seq",
+    )
+
+    def __init__(
+        self,
+        sink: Sink,
+        conversation_id: str,
+        run_id: str | None,
+        after: int,
+        ends_on_done: bool,
+    ) -> None:
+        self.sink = sink
+        self.conversation_id = conversation_id
+        self.run_id = run_id
+        self.key = ("run", run_id) if run_id is not None else ("conversation", conversation_id)
+        # Highest seq queued or written: live offers at or below it are duplicates.
+        self.enqueued_seq = after
+        # Highest seq the transport accepted (or scanned past, for a run filter).
+        self.written_seq = after
+        self.lagging = True
+        self.ends_on_done = ends_on_done
+        self.ended = False
+
+
+class _Item:
+    __slots__ = ("count", "data", "done_run", "last_seq", "sub")
+
+    def __init__(self, sub: Subscription, data: bytes, count: int, last_seq: int, done_run: bool):
+        self.sub = sub
+        self.data = data
+        self.count = count
+        self.last_seq = last_seq
+        self.done_run = done_run
+
+
+class Sink(ABC):
+    transport: Transport
+
+    def __init__(self, hub: Hub, store: EventStore, policy: SinkPolicy, connection_id: str):
+        self.hub = hub
+        self.store = store
+        self.policy = policy
+        self.connection_id = connection_id
+        self.subs: dict[tuple[str, str], Subscription] = {}
+        self._queue: deque[_Item] = deque()
+        self._queued_events = 0
+        self._queued_bytes = 0
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.close_reason: str | None = None
+        self._draining = False
+        self.delivered = 0
+        self._last_delivery = time.monotonic()
+        self.log = log.bind(connection_id=connection_id, transport=self.transport)
+
+    # ---- subscriptions ------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        conversation_id: str,
+        *,
+        after: int = 0,
+        run_id: str | None = None,
+        ends_on_done: bool = False,
+    ) -> Subscription:
+        sub = Subscription(self, conversation_id, run_id, after, ends_on_done)
+        old = self.subs.get(sub.key)
+        if old is not None:
+            self._drop(old)
+        self.subs[sub.key] = sub
+        self.hub.add(sub)
+        self._wake.set()
+        return sub
+
+    def unsubscribe(self, key: tuple[str, str]) -> bool:
+        sub = self.subs.get(key)
+        if sub is None:
+            return False
+        self._drop(sub)
+        return True
+
+    def _drop(self, sub: Subscription) -> None:
+        sub.ended = True
+        self.hub.remove(sub)
+        self.subs.pop(sub.key, None)
+        self.on_subscription_ended(sub)
+
+    def on_subscription_ended(self, sub: Subscription) -> None:
+        """Hook: an SSE run stream ends its response; a WebSocket just forgets it."""
+
+    # ---- the hot path: called by the hub, synchronously --------------------------------
+
+    def offer(self, sub: Subscription, batch: Batch) -> None:
+        if sub.lagging or sub.ended or self.closed or batch.last_seq <= sub.enqueued_seq:
+            return
+        blob = batch.blob(self.transport, sub.run_id, sub.enqueued_seq)
+        sub.enqueued_seq = batch.last_seq
+        if blob.count == 0:
+            if not self._queue:
+                # Nothing of this run in the batch and nothing pending: scanned past it.
+                sub.written_seq = batch.last_seq
+            return
+        self._queued_events += blob.count
+        self._queued_bytes += len(blob.data)
+        if (
+            self._queued_events > self.policy.queue_events
+            or self._queued_bytes > self.policy.queue_bytes
+        ):
+            self._overflow()
+            return
+        self._queue.append(_Item(sub, blob.data, blob.count, blob.last_seq, blob.done_run))
+        self._wake.set()
+
+    def _overflow(self) -> None:
+        """Drop the queue; every subscription catches up from the store instead."""
+        dropped = self._queued_events
+        self._queue.clear()
+        self._queued_events = 0
+        self._queued_bytes = 0
+        for sub in self.subs.values():
+            sub.lagging = True
+            sub.enqueued_seq = sub.written_seq
+        metrics.CATCHUPS.labels(self.transport).inc()
+        self.log.info("sink_overflow", dropped_events=dropped)
+        self._wake.set()
+
+    # ---- the writer ---------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """Ask the writer to stop; safe from any callback, any number of times."""
+        if not self.closed:
+            self.closed = True
+            self.close_reason = reason
+            self._wake.set()
+
+    def shutdown(self) -> None:
+        """Deliver what is queued or still to catch up, then say goodbye and close."""
+        self._draining = True
+        self._wake.set()
+
+    @property
+    def queued_events(self) -> int:
+        return self._queued_events
+
+    async def run(self) -> None:
+        """Deliver until closed. Returns normally; the reason is ``close_reason``."""
+        metrics.CONNECTIONS.labels(self.transport).inc()
+        lifetime = self.policy.max_lifetime
+        deadline = time.monotonic() + lifetime if lifetime > 0 else None
+        try:
+            while not self.closed:
+                if deadline is not None and time.monotonic() >= deadline:
+                    await self.on_lifetime_over()
+                    self.close("max_lifetime")
+                    break
+                lagging = [s for s in self.subs.values() if s.lagging]
+                if lagging:
+                    for sub in lagging:
+                        await self._catch_up_page(sub)
+                    if self._queue:
+                        await self._drain()
+                    continue
+                if self._queue:
+                    await self._drain()
+                    continue
+                if self._draining:
+                    await self.on_lifetime_over()
+                    self.close("shutdown")
+                    break
+                await self._sleep(deadline)
+        except SinkClosed:
+            pass
+        except (ConnectionError, RuntimeError) as exc:
+            # aiohttp raises ClientConnectionResetError / RuntimeError on a closed transport.
+            self.close("disconnected")
+            self.log.debug("sink_write_failed", error=str(exc))
+        finally:
+            self.closed = True
+            for sub in list(self.subs.values()):
+                sub.ended = True
+                self.hub.remove(sub)
+            self.subs.clear()
+            self._queue.clear()
+            metrics.CONNECTIONS.labels(self.transport).dec()
+
+    async def _sleep(self, deadline: float | None) -> None:
+        self._wake.clear()
+        idle = self.policy.idle_timeout
+        wake_at = deadline
+        if idle > 0:
+            idle_at = self._last_delivery + idle
+            if time.monotonic() >= idle_at:
+                self.close("idle_timeout")
+                return
+            wake_at = idle_at if wake_at is None else min(wake_at, idle_at)
+        if wake_at is None:
+            await self._wake.wait()
+            return
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + (
+                wake_at - time.monotonic()
+            )):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _drain(self) -> None:
+        """Write everything queued in one transport write."""
+        items = list(self._queue)
+        self._queue.clear()
+        self._queued_events = 0
+        self._queued_bytes = 0
+        data = items[0].data if len(items) == 1 else b"".join([i.data for i in items])
+        await self._timed_write(data)
+        count = 0
+        for item in items:
+            sub = item.sub
+            count += item.count
+            if item.last_seq > sub.written_seq:
+                sub.written_seq = item.last_seq
+            if item.done_run and sub.ends_on_done and not sub.ended:
+                self._drop(sub)
+        self._delivered(count)
+
+    def _delivered(self, count: int) -> None:
+        self.delivered += count
+        self._last_delivery = time.monotonic()
+        metrics.DELIVERED.labels(self.transport).inc(count)
+
+    async def _timed_write(self, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.policy.write_timeout):
+                await self.write(data)
+        except TimeoutError:
+            metrics.PEERS_DROPPED.labels(self.transport, "write_timeout").inc()
+            self.close("write_timeout")
+            self.abort()
+            raise SinkClosed from None
+
+    async def _catch_up_page(self, sub: Subscription) -> None:
+        """Replay one page from the store; join live when caught up with the hub."""
+        if sub.ended:
+            return
+        published = self.hub.published_seq(sub.conversation_id)
+        page = self.policy.catchup_page
+        rows = await self.store.read_events(
+            sub.conversation_id, sub.written_seq, page, run_id=sub.run_id
+        )
+        if sub.ended or self.closed:
+            return
+        done_at: int | None = None
+        if sub.run_id is not None:
+            for ev in rows:
+                if ev.type == "done":
+                    done_at = ev.seq
+                    rows = [e for e in rows if e.seq <= ev.seq]
+                    break
+        if rows:
+            out = merge_chunks(rows) if self.policy.merge_chunks else rows
+            if len(out) < len(rows):
+                metrics.MERGED.labels(self.transport).inc(len(rows) - len(out))
+            await self._timed_write(self.frames(out))
+            sub.written_seq = rows[-1].seq
+            self._delivered(len(out))
+        if done_at is not None and sub.ends_on_done:
+            self._drop(sub)
+            return
+        if len(rows) < page and published > sub.written_seq:
+            # Read everything committed when the read began: scanned through ``published``.
+            sub.written_seq = published
+        if sub.written_seq >= self.hub.published_seq(sub.conversation_id):
+            sub.lagging = False
+            sub.enqueued_seq = sub.written_seq
+
+    def frames(self, events: list) -> bytes:  # type: ignore[type-arg]
+        return frames_of(events, self.transport)
+
+    # ---- transport ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Write pre-built frames; raise ConnectionError if the peer is gone."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop the connection now (a peer that stopped reading)."""
+
+    async def on_lifetime_over(self) -> None:
+        """Hook: tell the client to come back (SSE ``retry``; WebSocket close 1001)."""

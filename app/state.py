@@ -1,0 +1,34 @@
+"""The service's parts, wired once per application and reached through ``app[STATE]``."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from app.agents.registry import AgentRegistry
+from app.config import Settings
+from app.engine.engine import Engine
+from app.engine.hub import Hub
+from app.sinks.base import Sink
+from app.store.base import EventStore
+
+
+@dataclass
+class State:
+    settings: Settings
+    store: EventStore
+    hub: Hub
+    agents: AgentRegistry
+    engine: Engine
+    # Open sinks, so shutdown can close them and /metrics can read their queues.
+    sinks: set[Sink] = field(default_factory=set)
+    shutting_down: bool = False
+
+
+STATE = web.AppKey("state", State)
+
+
+def connection_id() -> str:
+    return "k_" + secrets.token_hex(6)

@@ -1,0 +1,175 @@
+"""HTTP request bodies, WebSocket commands and replies, and the error body.
+
+Validation that msgspec can express (types, patterns, bounds) lives here, so a client and
+the server reject the same input with the same message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+AgentName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+OnDisconnect = Literal["continue", "cancel"]
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Request bodies refuse unknown fields: a typo is a 422, not a silently ignored option."""
+
+
+# ---- HTTP -------------------------------------------------------------------------------
+
+
+class StartRunRequest(_Body):
+    agent: AgentName
+    input: Any = None
+    conversation_id: Id | None = None
+    on_disconnect: OnDisconnect = "continue"
+    metadata: dict[str, Any] | None = None
+
+
+class InputRequest(_Body):
+    request_id: Id
+    value: Any = None
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class StartRunResponse(msgspec.Struct):
+    run_id: str
+    conversation_id: str
+    status: str
+    events_url: str
+
+
+class PendingInput(msgspec.Struct, omit_defaults=True):
+    request_id: str
+    prompt: str
+    choices: list[Any] | None = None
+    schema: dict[str, Any] | None = None
+    expires_at: int | None = None
+
+
+class RunInfo(msgspec.Struct, omit_defaults=True):
+    run_id: str
+    conversation_id: str
+    agent: str
+    status: str
+    created_at: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    events: int = 0
+    done_seq: int | None = None
+    error: ErrorDetail | None = None
+    pending_input: PendingInput | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AgentCard(msgspec.Struct, omit_defaults=True):
+    name: str
+    description: str
+    can_request_input: bool = False
+    input_schema: dict[str, Any] | None = None
+
+
+class AgentList(msgspec.Struct):
+    agents: list[AgentCard]
+
+
+# ---- WebSocket: client to server --------------------------------------------------------
+
+
+class _Command(_Body, tag_field="type", kw_only=True):
+    ref: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+class StartCommand(_Command, tag="start"):
+    agent: AgentName
+    input: Any = None
+    conversation_id: Id | None = None
+    on_disconnect: OnDisconnect = "continue"
+    metadata: dict[str, Any] | None = None
+
+
+class SubscribeCommand(_Command, tag="subscribe"):
+    conversation_id: Id | None = None
+    run_id: Id | None = None
+    after: Seq | None = None
+
+
+class UnsubscribeCommand(_Command, tag="unsubscribe"):
+    conversation_id: Id | None = None
+    run_id: Id | None = None
+
+
+class InputCommand(_Command, tag="input"):
+    run_id: Id
+    request_id: Id
+    value: Any = None
+
+
+class CancelCommand(_Command, tag="cancel"):
+    run_id: Id | None = None
+    # The ref of a start whose ack has not arrived yet.
+    start_ref: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+class PingCommand(_Command, tag="ping"):
+    pass
+
+
+class RefreshCommand(_Command, tag="refresh"):
+    token: str
+
+
+Command = (
+    StartCommand
+    | SubscribeCommand
+    | UnsubscribeCommand
+    | InputCommand
+    | CancelCommand
+    | PingCommand
+    | RefreshCommand
+)
+
+# ---- WebSocket: server to client (events use codec.ws_event_payload) -------------------
+
+
+class _Reply(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    ref: str | None = None
+
+
+class Ack(_Reply, tag="ack"):
+    run_id: str | None = None
+    conversation_id: str | None = None
+    status: str | None = None
+
+
+class Pong(_Reply, tag="pong"):
+    pass
+
+
+class ErrorReply(_Reply, tag="error"):
+    code: str = "error"
+    message: str = ""
+    run_id: str | None = None
+    conversation_id: str | None = None
+
+
+_command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)  # type: ignore[arg-type]
+
+
+def decode_command(raw: bytes | str) -> Command:
+    """Parse one WebSocket command; raises msgspec errors naming what is wrong."""
+    return _command_decoder.decode(raw)
