@@ -128,8 +128,9 @@ class EventBase(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=Tr
 
     seq: int
     conversation_id: str
-    run_id: str | None = None
-    agent: str | None = None
+    # Always present (null for conversation-level events), so clients can rely on the key.
+    run_id: str | None
+    agent: str | None
     ts: int
     item_id: str | None = None
     thread_id: str | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 
@@ -45,9 +47,10 @@ async def start_run(request: web.Request) -> web.StreamResponse:
                              _events_url(record.run_id)),
             status=202,
         )
-    sink = await _stream(request, st, record.conversation_id, record.first_seq - 1, record.run_id)
-    if sink.close_reason == "disconnected" and record.on_disconnect == "cancel":
-        await st.engine.cancel(record.run_id, reason="client_disconnected")
+    sink = await _stream(
+        request, st, record.conversation_id, record.first_seq - 1, record.run_id,
+        cancel_on_disconnect=record.on_disconnect == "cancel",
+    )
     return sink.response
 
 
@@ -93,7 +96,12 @@ async def _check_not_ahead(st: State, conversation_id: str, after: int) -> None:
 
 
 async def _stream(
-    request: web.Request, st: State, conversation_id: str, after: int, run_id: str | None
+    request: web.Request,
+    st: State,
+    conversation_id: str,
+    after: int,
+    run_id: str | None,
+    cancel_on_disconnect: bool = False,
 ) -> SseSink:
     cid = connection_id()
     structlog.contextvars.bind_contextvars(connection_id=cid, conversation_id=conversation_id)
@@ -105,7 +113,13 @@ async def _stream(
     st.sinks.add(sink)
     try:
         await serve_sink(sink)
+    except asyncio.CancelledError:
+        # With handler_cancellation on, aiohttp cancels us when the client goes.
+        sink.close("disconnected")
+        raise
     finally:
+        if cancel_on_disconnect and sink.close_reason == "disconnected" and run_id:
+            st.engine.request_cancel(run_id, reason="client_disconnected")
         st.sinks.discard(sink)
         log.info("sse_closed", reason=sink.close_reason, delivered=sink.delivered)
     return sink

@@ -464,11 +464,14 @@ class Engine:
         """First answer wins, across every transport: check and take are one step."""
         run = self.active.get(run_id)
         if run is None:
-            await self.get_run(run_id)  # 404 when unknown
+            record = await self.get_run(run_id)  # 404 when unknown
+            if request_id in record.answered:
+                raise ApiError(409, "input_already_answered",
+                               f"request {request_id!r} was already answered")
             raise ApiError(409, "run_ended", f"run {run_id!r} has ended")
         pending = run.pending
         if pending is None or pending.request_id != request_id:
-            if request_id in run.answered:
+            if request_id in run.record.answered:
                 raise ApiError(409, "input_already_answered",
                                f"request {request_id!r} was already answered")
             if request_id in run.expired:
@@ -478,7 +481,9 @@ class Engine:
             raise ApiError(422, "invalid_input_value",
                            f"value must be one of {pending.choices!r}")
         run.pending = None
-        run.answered.add(request_id)
+        run.record.answered.append(request_id)
+        run.record.status = "running"
+        run.record.pending_input = None
         pending.future.set_result(value)
         self._emit_now(
             run, UserInputReceived, UserInputReceivedData(request_id=request_id, value=value)
@@ -488,16 +493,22 @@ class Engine:
 
     async def cancel(self, run_id: str, reason: str = "requested") -> tuple[bool, RunRecord]:
         """Idempotent. Returns (still_running, record)."""
+        if self.request_cancel(run_id, reason):
+            return True, self.active[run_id].record
+        return False, await self.get_run(run_id)
+
+    def request_cancel(self, run_id: str, reason: str) -> bool:
+        """Synchronous cancel of an active run (safe inside cleanup); False if not active."""
         run = self.active.get(run_id)
         if run is None:
-            return False, await self.get_run(run_id)
+            return False
         if not run.cancel_requested and not run.ended:
             run.cancel_requested = True
             self._emit_now(run, RunCancelling, RunCancellingData(reason=reason))
             if run.agent_task is not None:
                 run.agent_task.cancel()
             log.info("run_cancel_requested", run_id=run_id, reason=reason)
-        return True, run.record
+        return True
 
     def refresh_gauges(self) -> None:
         counts: dict[str, int] = {"running": 0, "waiting_input": 0, "queued": 0}

@@ -36,7 +36,6 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     agent_task: asyncio.Task[None] | None = None
     pending: PendingRequest | None = None
-    answered: set[str] = field(default_factory=set)
     expired: set[str] = field(default_factory=set)
     cancel_requested: bool = False
     shutting_down: bool = False

@@ -45,6 +45,7 @@ class Subscription:
         "enqueued_seq",
         "key",
         "lagging",
+        "merge",
         "run_id",
         "sink",
         "written_seq",
@@ -67,6 +68,8 @@ class Subscription:
         # Highest seq the transport accepted (or scanned past, for a run filter).
         self.written_seq = after
         self.lagging = True
+        # Set when the sink overflowed: its catch-up may fold chunks (a plain resume never does).
+        self.merge = False
         self.ends_on_done = ends_on_done
         self.ended = False
 
@@ -168,6 +171,7 @@ class Sink(ABC):
         self._queued_bytes = 0
         for sub in self.subs.values():
             sub.lagging = True
+            sub.merge = self.policy.merge_chunks
             sub.enqueued_seq = sub.written_seq
         metrics.CATCHUPS.labels(self.transport).inc()
         self.log.info("sink_overflow", dropped_events=dropped)
@@ -305,7 +309,7 @@ class Sink(ABC):
                     rows = [e for e in rows if e.seq <= ev.seq]
                     break
         if rows:
-            out = merge_chunks(rows) if self.policy.merge_chunks else rows
+            out = merge_chunks(rows) if sub.merge else rows
             if len(out) < len(rows):
                 metrics.MERGED.labels(self.transport).inc(len(rows) - len(out))
             await self._timed_write(self.frames(out))
@@ -319,6 +323,7 @@ class Sink(ABC):
             sub.written_seq = published
         if sub.written_seq >= self.hub.published_seq(sub.conversation_id):
             sub.lagging = False
+            sub.merge = False
             sub.enqueued_seq = sub.written_seq
 
     def frames(self, events: list) -> bytes:  # type: ignore[type-arg]

@@ -48,6 +48,8 @@ class RunRecord(msgspec.Struct, omit_defaults=True):
     done_seq: int | None = None
     error: ErrorDetail | None = None
     pending_input: PendingInput | None = None
+    # Request ids already answered, so a late answer is told so even after the run ended.
+    answered: list[str] = msgspec.field(default_factory=list)
 
 
 class ConversationRecord(msgspec.Struct, omit_defaults=True):
