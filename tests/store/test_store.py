@@ -1,0 +1,136 @@
+"""EventStore behaviour on the real SQLite file and on the memory twin."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from app.store.base import AppendEvent, ConversationRecord, EventStore, PutConversation, PutRun
+from app.store.base import RunRecord, StoreUnavailable
+from app.store.memory import MemoryEventStore
+from app.store.sqlite import SqliteEventStore
+from protocol.codec import EncodedEvent
+
+
+def ev(conv: str, seq: int, run: str | None = "r1", typ: str = "message_chunk") -> EncodedEvent:
+    return EncodedEvent(seq, typ, conv, run, b'{"seq":%d}' % seq, "m1")
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    s: EventStore
+    if request.param == "sqlite":
+        s = SqliteEventStore(tmp_path / "s.db", batch_max=100)
+    else:
+        s = MemoryEventStore(batch_max=100)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_append_batches_and_publishes_after_commit(store: EventStore) -> None:
+    committed: list[list[EncodedEvent]] = []
+    store.add_commit_listener(committed.append)
+    for i in range(1, 251):
+        store.enqueue(AppendEvent(ev("c1", i), i))
+    await store.flush()
+    flat = [e.seq for batch in committed for e in batch]
+    assert flat == list(range(1, 251))
+    assert max(len(b) for b in committed) <= 100
+    assert len(committed) >= 3  # batch_max bounds a transaction
+    assert await store.last_seq("c1") == 250
+    page = await store.read_events("c1", 100, 10)
+    assert [e.seq for e in page] == list(range(101, 111))
+    assert page[0].body == b'{"seq":101}' and page[0].type == "message_chunk"
+
+
+async def test_read_filters_by_run_and_until(store: EventStore) -> None:
+    for i in range(1, 11):
+        store.enqueue(AppendEvent(ev("c1", i, run="a" if i % 2 else "b"), i))
+    await store.flush()
+    assert [e.seq for e in await store.read_events("c1", 0, 100, run_id="b")] == [2, 4, 6, 8, 10]
+    assert [e.seq for e in await store.read_events("c1", 3, 100, until=6)] == [4, 5, 6]
+    assert await store.read_events("nope", 0, 10) == []
+    assert await store.last_seq("nope") == 0
+
+
+async def test_runs_conversations_and_unfinished(store: EventStore) -> None:
+    store.enqueue(PutConversation(ConversationRecord("c1", 1, 1, owner="u")))
+    store.enqueue(PutRun(RunRecord("r1", "c1", "demo", "running", 1)))
+    store.enqueue(PutRun(RunRecord("r2", "c1", "demo", "completed", 1)))
+    await store.flush()
+    conv = await store.get_conversation("c1")
+    assert conv is not None and conv.owner == "u"
+    assert [r.run_id for r in await store.unfinished_runs()] == ["r1"]
+    store.enqueue(PutRun(RunRecord("r1", "c1", "demo", "cancelled", 1)))
+    await store.flush()
+    assert await store.unfinished_runs() == []
+    got = await store.get_run("r1")
+    assert got is not None and got.status == "cancelled"
+    assert await store.get_run("zzz") is None
+
+
+async def test_producers_wait_at_high_water(tmp_path: Path) -> None:
+    s = MemoryEventStore(batch_max=10, high_water=50, low_water=10, stall_timeout=0.2)
+    await s.open()
+    try:
+        for i in range(1, 60):
+            s.enqueue(AppendEvent(ev("c", i), i))
+        # the writer has not run yet: room is closed until it drains under low water
+        waiter = asyncio.create_task(s.wait_for_room())
+        await asyncio.wait_for(waiter, 2)
+        assert s.pending <= 10
+    finally:
+        await s.close()
+
+
+async def test_wait_for_room_times_out_when_writer_is_stuck() -> None:
+    s = MemoryEventStore(high_water=5, low_water=1, stall_timeout=0.1)
+    await s.open()
+    gate = asyncio.Event()
+    real = s._write_batch
+
+    async def stuck(ops):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        await real(ops)
+
+    s._write_batch = stuck  # type: ignore[method-assign]
+    for i in range(1, 10):
+        s.enqueue(AppendEvent(ev("c", i), i))
+    with pytest.raises(StoreUnavailable):
+        await s.wait_for_room()
+    gate.set()
+    await s.close()
+
+
+async def test_reopened_file_holds_every_acknowledged_event(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    s = SqliteEventStore(path)
+    await s.open()
+    for i in range(1, 1001):
+        s.enqueue(AppendEvent(ev("c1", i), i))
+    await s.flush()
+    await s.close()
+    again = SqliteEventStore(path)
+    await again.open()
+    try:
+        assert await again.last_seq("c1") == 1000
+        assert len(await again.read_events("c1", 0, 5000)) == 1000
+    finally:
+        await again.close()
+
+
+async def test_expire_drops_only_idle_finished_conversations(store: EventStore) -> None:
+    store.enqueue(PutConversation(ConversationRecord("old", 1, 10)))
+    store.enqueue(PutConversation(ConversationRecord("busy", 1, 10)))
+    store.enqueue(PutConversation(ConversationRecord("new", 1, 1000)))
+    store.enqueue(PutRun(RunRecord("r", "busy", "demo", "running", 1)))
+    store.enqueue(AppendEvent(ev("old", 1), 1))
+    deleted = await store.expire_conversations(cutoff=500)
+    assert deleted == ["old"]
+    assert await store.get_conversation("old") is None
+    assert await store.read_events("old", 0, 10) == []
+    assert await store.get_conversation("busy") is not None
