@@ -123,7 +123,9 @@ def load_settings(
             try:
                 value = typ(raw)
             except ValueError:
-                raise ValueError(f"{_env_name(flag)}={raw!r} is not a valid {typ.__name__}")
+                raise ValueError(
+                    f"{_env_name(flag)}={raw!r} is not a valid {typ.__name__}"
+                ) from None
         if value is not None:
             (policy if flag in _POLICY_FIELDS else top)[flag] = value
     try:

@@ -151,7 +151,7 @@ async def _on_shutdown(app: web.Application) -> None:
         await st.store.flush(timeout=max(0.1, deadline - time.monotonic()))
     for sink in list(st.sinks):
         sink.shutdown()
-    while st.sinks and time.monotonic() < deadline:
+    while st.sinks and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll
         await asyncio.sleep(0.02)
     for sink in list(st.sinks):
         sink.close("shutdown")

@@ -14,7 +14,7 @@ import msgspec
 from protocol.events import Event, EventBase
 
 _encoder = msgspec.json.Encoder()
-_event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)  # type: ignore[arg-type]
+_event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 WS_EVENT_PREFIX = b'{"type":"event","event":'
 

@@ -167,7 +167,7 @@ class ErrorReply(_Reply, tag="error"):
     conversation_id: str | None = None
 
 
-_command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)  # type: ignore[arg-type]
+_command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
 
 
 def decode_command(raw: bytes | str) -> Command:

@@ -85,7 +85,9 @@ class DemoAgent(Agent):
             await asyncio.sleep(delay)
             await ctx.emit(
                 "tool_call_completed",
-                ToolCallCompletedData(name="lookup", arguments=args, result={"hits": len(input.text)}),
+                ToolCallCompletedData(
+                    name="lookup", arguments=args, result={"hits": len(input.text)}
+                ),
                 item_id=tid,
             )
         mid = new_item_id("m")
@@ -102,7 +104,9 @@ class DemoAgent(Agent):
         if input.ask is not None:
             answer = await ctx.ask(
                 input.ask, choices=input.choices, timeout=input.ask_timeout,
-                default=MISSING if input.ask_default is msgspec.UNSET else input.ask_default,
+                default=(
+                    MISSING if input.ask_default is msgspec.UNSET else input.ask_default
+                ),
             )
             await ctx.emit("message", MessageData(text=f"You answered: {answer}"),
                            item_id=new_item_id("m"))

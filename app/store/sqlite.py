@@ -102,7 +102,8 @@ class SqliteEventStore(EventStore):
                 if type(op) is AppendEvent:
                     ev = op.event
                     rows.append(
-                        (ev.conversation_id, ev.seq, ev.run_id, ev.type, ev.item_id, op.ts, ev.body)
+                        (ev.conversation_id, ev.seq, ev.run_id, ev.type, ev.item_id, op.ts,
+                         ev.body)
                     )
                     continue
                 if rows:
@@ -118,7 +119,8 @@ class SqliteEventStore(EventStore):
                     c = op.conversation
                     await db.execute(
                         "INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?)",
-                        (c.conversation_id, c.owner, c.created_at, c.updated_at, _encoder.encode(c)),
+                        (c.conversation_id, c.owner, c.created_at, c.updated_at,
+                         _encoder.encode(c)),
                     )
                 elif isinstance(op, ExpireConversations):
                     op.deleted = await self._expire(db, op.cutoff)

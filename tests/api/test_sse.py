@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+
 from tests.conftest import LiveServer, ServerFactory, url
 from tests.sse_client import EventSource, iter_frames, read_events
 

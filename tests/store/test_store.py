@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from app.store.base import AppendEvent, ConversationRecord, EventStore, PutConversation, PutRun
-from app.store.base import RunRecord, StoreUnavailable
+from app.store.base import (
+    AppendEvent,
+    ConversationRecord,
+    EventStore,
+    PutConversation,
+    PutRun,
+    RunRecord,
+    StoreUnavailable,
+)
 from app.store.memory import MemoryEventStore
 from app.store.sqlite import SqliteEventStore
 from protocol.codec import EncodedEvent
