@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from app.agents.registry import AgentRegistry
-from app.api import http, metrics_api
+from app.api import http, metrics_api, ws
 from app.api.common import error_response
 from app.config import Settings
 from app.engine.engine import Engine
@@ -100,6 +100,7 @@ def create_app(
     app[STATE] = state
     app.add_routes(http.routes)
     app.add_routes(metrics_api.routes)
+    app.add_routes(ws.routes)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
     return app

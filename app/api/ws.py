@@ -1,0 +1,221 @@
+"""``GET /v1/ws``: one socket, many subscriptions, start/input/cancel/ping commands.
+
+The handler owns two things and ends both: the sink's writer task and the read loop here.
+Commands are handled in order, so a ``cancel`` naming a ``start``'s ref is always resolved
+against the run that start created, even when the client sent it before seeing the ``ack``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import WSMsgType, web
+
+from app import metrics
+from app.errors import ApiError
+from app.sinks.ws import WsSink
+from app.state import STATE, State, connection_id
+from protocol.messages import (
+    Ack,
+    CancelCommand,
+    Command,
+    ErrorReply,
+    InputCommand,
+    PingCommand,
+    Pong,
+    RefreshCommand,
+    StartCommand,
+    StartRunRequest,
+    SubscribeCommand,
+    UnsubscribeCommand,
+    decode_command,
+)
+
+log = structlog.get_logger(__name__)
+routes = web.RouteTableDef()
+COMMAND_TYPES = frozenset({"start", "subscribe", "unsubscribe", "input", "cancel", "ping",
+                           "refresh"})
+
+
+class Connection:
+    """One WebSocket client: its sink, the runs it started, and its command handlers."""
+
+    def __init__(self, st: State, sink: WsSink) -> None:
+        self.st = st
+        self.sink = sink
+        self.started: dict[str, str] = {}  # start ref -> run id
+        self.cancel_on_close: set[str] = set()
+
+    def error(self, code: str, message: str, ref: str | None = None, **ids: Any) -> None:
+        self.sink.send_reply(ErrorReply(ref=ref, code=code, message=message, **ids))
+
+    async def handle_text(self, raw: str) -> None:
+        try:
+            cmd = decode_command(raw)
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+            self.error(*self._classify(raw, exc))
+            return
+        except msgspec.DecodeError as exc:
+            self.error("malformed_json", f"not valid JSON: {exc}")
+            return
+        try:
+            await self.dispatch(cmd)
+        except ApiError as exc:
+            self.error(exc.code, exc.message, cmd.ref)
+
+    @staticmethod
+    def _classify(raw: str, exc: msgspec.ValidationError) -> tuple[str, str, str | None]:
+        """Name the problem: unknown type, or which field is wrong; echo ref if readable."""
+        ref = None
+        with contextlib.suppress(Exception):
+            obj = msgspec.json.decode(raw)
+            if isinstance(obj, dict):
+                ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None
+                kind = obj.get("type")
+                if not isinstance(obj.get("type"), str) or kind not in COMMAND_TYPES:
+                    return "unknown_type", f"unknown command type {kind!r}: {exc}", ref
+        return "invalid_command", str(exc), ref
+
+    async def dispatch(self, cmd: Command) -> None:
+        engine = self.st.engine
+        if isinstance(cmd, PingCommand):
+            self.sink.send_reply(Pong(ref=cmd.ref))
+        elif isinstance(cmd, StartCommand):
+            await self.start(cmd)
+        elif isinstance(cmd, SubscribeCommand):
+            await self.subscribe(cmd)
+        elif isinstance(cmd, UnsubscribeCommand):
+            key = self._key(cmd.conversation_id, cmd.run_id)
+            if not self.sink.unsubscribe(key):
+                raise ApiError(404, "not_subscribed", f"no subscription to {key[1]!r}")
+            self.sink.send_reply(Ack(ref=cmd.ref, run_id=cmd.run_id,
+                                     conversation_id=cmd.conversation_id))
+        elif isinstance(cmd, InputCommand):
+            await engine.answer(cmd.run_id, cmd.request_id, cmd.value)
+            self.sink.send_reply(Ack(ref=cmd.ref, run_id=cmd.run_id))
+        elif isinstance(cmd, CancelCommand):
+            await self.cancel(cmd)
+        elif isinstance(cmd, RefreshCommand):
+            raise ApiError(400, "auth_disabled", "this server does not use tokens")
+
+    @staticmethod
+    def _key(conversation_id: str | None, run_id: str | None) -> tuple[str, str]:
+        if (conversation_id is None) == (run_id is None):
+            raise ApiError(422, "invalid_command", "give exactly one of conversation_id, run_id")
+        if run_id is not None:
+            return ("run", run_id)
+        assert conversation_id is not None
+        return ("conversation", conversation_id)
+
+    async def start(self, cmd: StartCommand) -> None:
+        if cmd.ref is not None and cmd.ref in self.started:
+            raise ApiError(409, "duplicate_ref", f"ref {cmd.ref!r} already started a run")
+        run = await self.st.engine.start_run(StartRunRequest(
+            agent=cmd.agent, input=cmd.input, conversation_id=cmd.conversation_id,
+            on_disconnect=cmd.on_disconnect, metadata=cmd.metadata,
+        ))
+        rec = run.record
+        if cmd.ref is not None:
+            self.started[cmd.ref] = rec.run_id
+        if rec.on_disconnect == "cancel":
+            self.cancel_on_close.add(rec.run_id)
+        self.sink.send_reply(Ack(ref=cmd.ref, run_id=rec.run_id,
+                                 conversation_id=rec.conversation_id, status=rec.status))
+        self.sink.subscribe(rec.conversation_id, after=rec.first_seq - 1, run_id=rec.run_id,
+                            ends_on_done=True)
+
+    async def subscribe(self, cmd: SubscribeCommand) -> None:
+        engine = self.st.engine
+        key = self._key(cmd.conversation_id, cmd.run_id)
+        after = cmd.after or 0
+        if cmd.run_id is not None:
+            record = await engine.get_run(cmd.run_id)
+            conversation_id = record.conversation_id
+            start = max(after, record.first_seq - 1)
+            run_id: str | None = record.run_id
+        else:
+            assert cmd.conversation_id is not None
+            if await engine.conversation(cmd.conversation_id) is None:
+                raise ApiError(404, "conversation_not_found",
+                               f"no conversation {cmd.conversation_id!r}")
+            conversation_id, start, run_id = cmd.conversation_id, after, None
+        conv = await engine.conversation(conversation_id)
+        last = conv.seq if conv is not None else 0
+        if after > last:
+            raise ApiError(400, "invalid_after",
+                           f"after={after} is ahead of the conversation (last seq {last})")
+        self.sink.send_reply(Ack(ref=cmd.ref, run_id=run_id, conversation_id=conversation_id))
+        self.sink.subscribe(conversation_id, after=start, run_id=run_id,
+                            ends_on_done=run_id is not None)
+        log.debug("ws_subscribed", key=key, after=start)
+
+    async def cancel(self, cmd: CancelCommand) -> None:
+        run_id = cmd.run_id
+        if run_id is None:
+            start_ref = cmd.start_ref or cmd.ref
+            run_id = self.started.get(start_ref or "")
+            if run_id is None:
+                raise ApiError(404, "run_not_found",
+                               f"no run_id and no start with ref {start_ref!r} on this socket")
+        _, record = await self.st.engine.cancel(run_id)
+        self.sink.send_reply(Ack(ref=cmd.ref, run_id=run_id, status=record.status))
+
+    def on_closed(self) -> None:
+        for run_id in self.cancel_on_close:
+            self.st.engine.request_cancel(run_id, reason="client_disconnected")
+
+
+@routes.get("/v1/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    st = request.app[STATE]
+    if st.shutting_down:
+        raise ApiError(503, "shutting_down", "the server is shutting down")
+    policy = st.settings.policy
+    ws = web.WebSocketResponse(
+        heartbeat=policy.heartbeat,
+        max_msg_size=st.settings.max_ws_message,
+        compress=False,
+        timeout=5.0,
+    )
+    await ws.prepare(request)
+    cid = connection_id()
+    structlog.contextvars.bind_contextvars(connection_id=cid)
+    sink = WsSink(ws, request, st.hub, st.store, policy, cid)
+    conn = Connection(st, sink)
+    st.sinks.add(sink)
+    reader = asyncio.create_task(_read_loop(ws, conn), name=f"ws-reader:{cid}")
+    writer = asyncio.create_task(sink.run(), name=f"ws-writer:{cid}")
+    try:
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sink.close(sink.close_reason or "disconnected")
+        if not ws.closed:
+            # Wakes the read loop with a close message and does the closing handshake.
+            await ws.close(code=sink.close_code, message=(sink.close_reason or "").encode())
+        for task in (writer, reader):
+            try:
+                async with asyncio.timeout(policy.write_timeout):
+                    await task
+            except TimeoutError:
+                task.cancel()
+        conn.on_closed()
+        st.sinks.discard(sink)
+        if isinstance(ws.exception(), asyncio.TimeoutError):
+            metrics.PEERS_DROPPED.labels("ws", "heartbeat").inc()
+        log.info("ws_closed", reason=sink.close_reason, code=ws.close_code,
+                 delivered=sink.delivered)
+    return ws
+
+
+async def _read_loop(ws: web.WebSocketResponse, conn: Connection) -> None:
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            await conn.handle_text(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            conn.error("binary_not_supported", "send JSON text frames")
+        if conn.sink.closed:
+            return
