@@ -54,6 +54,10 @@ class Settings(msgspec.Struct, kw_only=True):
         if not 0 < self.store_low_water < self.store_high_water:
             raise ValueError("need 0 < store_low_water < store_high_water")
         self.policy.validate()
+        if self.policy.queue_events < self.store_batch:
+            # One committed batch is offered to a sink at once: a bound below it would make
+            # every reader, however fast, overflow and catch up from the store.
+            raise ValueError("queue_events must be >= store_batch")
 
 
 # flag name -> (help, type); policy fields are flattened as top-level flags.

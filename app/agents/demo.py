@@ -91,14 +91,14 @@ class DemoAgent(Agent):
                 item_id=tid,
             )
         mid = new_item_id("m")
-        parts: list[str] = []
         for i in range(input.tokens):
             if delay:
                 await asyncio.sleep(delay)
-            parts.append(token(i))
-            await ctx.emit("message_chunk", MessageChunkData(delta=parts[-1]), item_id=mid)
+            await ctx.emit("message_chunk", MessageChunkData(delta=token(i)), item_id=mid)
         if input.tokens:
-            await ctx.emit("message", MessageData(text="".join(parts)), item_id=mid)
+            # Rebuilt rather than accumulated: a million-token run holds no list of chunks.
+            text = "".join(token(i) for i in range(input.tokens))
+            await ctx.emit("message", MessageData(text=text), item_id=mid)
         if input.fail:
             raise AgentError("demo_failure", "the demo agent was asked to fail")
         if input.ask is not None:

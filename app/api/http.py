@@ -15,7 +15,7 @@ from app.api.common import (
     wants_sse,
 )
 from app.engine.engine import Engine
-from app.errors import ApiError, not_found
+from app.errors import ApiError
 from app.sinks.sse import SseSink, open_sse, serve_sink
 from app.state import STATE, State, connection_id
 from protocol.messages import AgentList, InputRequest, StartRunRequest, StartRunResponse
@@ -79,8 +79,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
 async def conversation_events(request: web.Request) -> web.StreamResponse:
     st = _state(request)
     cid = path_id(request, "conversation_id")
-    if await st.engine.conversation(cid) is None:
-        raise not_found("conversation", cid)
+    await st.engine.require_conversation(cid)
     after = parse_last_event_id(request)
     await _check_not_ahead(st, cid, after)
     sink = await _stream(request, st, cid, after, None)

@@ -139,9 +139,7 @@ class Connection:
             run_id: str | None = record.run_id
         else:
             assert cmd.conversation_id is not None
-            if await engine.conversation(cmd.conversation_id) is None:
-                raise ApiError(404, "conversation_not_found",
-                               f"no conversation {cmd.conversation_id!r}")
+            await engine.require_conversation(cmd.conversation_id)
             conversation_id, start, run_id = cmd.conversation_id, after, None
         conv = await engine.conversation(conversation_id)
         last = conv.seq if conv is not None else 0

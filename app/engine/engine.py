@@ -187,9 +187,12 @@ class Engine:
 
     def forget_conversations(self, ids: list[str]) -> None:
         """Drop expired conversations from memory (the store already deleted them)."""
+        gone = set(ids)
         for cid in ids:
             self._conversations.pop(cid, None)
             self.hub.forget(cid)
+        for run_id in [r for r, rec in self._recent.items() if rec.conversation_id in gone]:
+            del self._recent[run_id]
 
     # ---- runs ---------------------------------------------------------------------------
 
@@ -333,8 +336,23 @@ class Engine:
             return run.record
         record = self._recent.get(run_id) or await self.store.get_run(run_id)
         if record is None:
-            raise not_found("run", run_id)
+            await self._raise_missing("run", run_id)
+        assert record is not None
         return record
+
+    async def require_conversation(self, conversation_id: str) -> Conversation:
+        conv = await self.conversation(conversation_id)
+        if conv is None:
+            await self._raise_missing("conversation", conversation_id)
+        assert conv is not None
+        return conv
+
+    async def _raise_missing(self, kind: str, ident: str) -> None:
+        """404 for an id never seen; 410 for one that retention removed."""
+        if await self.store.is_expired(ident):
+            raise ApiError(410, f"{kind}_expired",
+                           f"{kind} {ident!r} has expired and its events were deleted")
+        raise not_found(kind, ident)
 
     @staticmethod
     def run_info(record: RunRecord) -> RunInfo:

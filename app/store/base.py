@@ -264,6 +264,10 @@ class EventStore(ABC):
     @abstractmethod
     async def count_run_events(self, run: RunRecord) -> int: ...
 
+    @abstractmethod
+    async def is_expired(self, ident: str) -> bool:
+        """True if a conversation or run of this id was removed by retention."""
+
     async def expire_conversations(self, cutoff: int) -> list[str]:
         """Drop conversations (runs and events too) idle since before ``cutoff`` ms and with
         no unfinished run; returns their ids."""

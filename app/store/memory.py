@@ -28,6 +28,7 @@ class MemoryEventStore(EventStore):
         self._events: dict[str, list[EncodedEvent]] = {}
         self._runs: dict[str, RunRecord] = {}
         self._conversations: dict[str, ConversationRecord] = {}
+        self._expired: set[str] = set()
 
     async def _close(self) -> None:
         pass
@@ -51,10 +52,12 @@ class MemoryEventStore(EventStore):
                     if c.updated_at < op.cutoff and cid not in busy
                 ]
                 for cid in op.deleted:
+                    self._expired.add(cid)
                     self._conversations.pop(cid, None)
                     self._events.pop(cid, None)
                     for rid in [r.run_id for r in self._runs.values() if r.conversation_id == cid]:
                         del self._runs[rid]
+                        self._expired.add(rid)
 
     async def read_events(
         self,
@@ -92,3 +95,6 @@ class MemoryEventStore(EventStore):
     async def count_run_events(self, run: RunRecord) -> int:
         log = self._events.get(run.conversation_id, [])
         return sum(1 for e in log if e.run_id == run.run_id)
+
+    async def is_expired(self, ident: str) -> bool:
+        return ident in self._expired

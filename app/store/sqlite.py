@@ -23,6 +23,7 @@ from app.store.base import (
     PutConversation,
     PutRun,
     RunRecord,
+    now_ms,
 )
 from protocol.codec import EncodedEvent
 
@@ -51,6 +52,11 @@ CREATE TABLE IF NOT EXISTS events (
     ts INTEGER NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expired (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    expired_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -202,7 +208,20 @@ class SqliteEventStore(EventStore):
             (cutoff, *UNFINISHED),
         ) as cur:
             ids = [str(r[0]) for r in await cur.fetchall()]
+        run_ids: list[tuple[str]] = []
+        for cid in ids:
+            async with db.execute("SELECT id FROM runs WHERE conversation_id=?", (cid,)) as cur:
+                run_ids.extend((str(r[0]),) for r in await cur.fetchall())
+        stamp = now_ms()
+        await db.executemany("INSERT OR REPLACE INTO expired VALUES (?, 'conversation', ?)",
+                             [(i, stamp) for i in ids])
+        await db.executemany("INSERT OR REPLACE INTO expired VALUES (?, 'run', ?)",
+                             [(r, stamp) for (r,) in run_ids])
         for table, column in (("events", "conversation_id"), ("runs", "conversation_id"),
                               ("conversations", "id")):
             await db.executemany(f"DELETE FROM {table} WHERE {column}=?", [(i,) for i in ids])
         return ids
+
+    async def is_expired(self, ident: str) -> bool:
+        async with self._reader.execute("SELECT 1 FROM expired WHERE id=?", (ident,)) as cur:
+            return await cur.fetchone() is not None
