@@ -112,3 +112,102 @@ async def test_sigterm_ends_runs_interrupted_and_closes_streams(
         await asyncio.wait_for(task, 5)
         assert took < 3 + 2
         assert got[-1]["type"] == "done" and got[-1]["data"]["status"] == "interrupted"
+
+
+async def test_sigterm_under_load_with_stalled_clients_then_everyone_resumes(
+    tmp_path: Path, procs: list[ServerProcess]
+) -> None:
+    """Bug it pins: a client that never reads must not hold shutdown past its grace."""
+    import socket
+
+    db = tmp_path / "load.db"
+    server = ServerProcess(db, "--shutdown-grace", "2", "--write-timeout", "30")
+    procs.append(server)
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        runs = []
+        for i in range(5):
+            async with http.post(server.base + "/v1/runs", json={
+                "agent": "demo", "conversation_id": f"load-{i}",
+                "input": {"tokens": 100000, "delay_ms": 1}}) as r:
+                runs.append(await r.json())
+        # stalled raw clients that never read
+        stalled = []
+        for run in runs:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            s.sendall(f"GET {run['events_url']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            stalled.append(s)
+        seen: dict[str, list[dict]] = {r["run_id"]: [] for r in runs}  # type: ignore[type-arg]
+
+        async def reader(run: dict) -> None:  # type: ignore[type-arg]
+            try:
+                async with http.get(server.base + run["events_url"]) as resp:
+                    async for frame in iter_frames(resp):
+                        if frame.data:
+                            seen[run["run_id"]].append(frame.json)
+            except aiohttp.ClientError:
+                pass
+
+        tasks = [asyncio.create_task(reader(r)) for r in runs]
+        await asyncio.sleep(1.0)
+        took = await asyncio.to_thread(server.terminate)
+        assert took < 2 + 2.5, f"shutdown took {took:.1f}s"
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        for s in stalled:
+            s.close()
+
+        restarted = ServerProcess(db, port=server.port)
+        procs.append(restarted)
+        await restarted.start()
+        for run in runs:
+            got = seen[run["run_id"]]
+            last = str(got[-1]["seq"]) if got else "0"
+            if got and got[-1]["type"] == "done":
+                async with http.get(restarted.base + run["events_url"],
+                                    headers={"Last-Event-ID": last}) as r:
+                    assert r.status == 204
+                rest: list[dict] = []  # type: ignore[type-arg]
+            else:
+                rest = await read_events(http, restarted.base + run["events_url"],
+                                         headers={"Last-Event-ID": last})
+            full = got + rest
+            seqs = [e["seq"] for e in full]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "no gap, no duplicate"
+            assert full[-1]["type"] == "done"
+            assert full[-1]["data"]["status"] == "interrupted"
+            assert full[-1]["data"]["events"] == len(full)
+
+
+async def test_metrics_exposes_the_operational_series(
+    tmp_path: Path, procs: list[ServerProcess]
+) -> None:
+    server = ServerProcess(tmp_path / "m.db")
+    procs.append(server)
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.base + "/v1/runs", json={
+                "agent": "demo", "input": {"tokens": 3, "delay_ms": 0, "ask": "x"}}) as r:
+            run = await r.json()
+        async with http.get(server.base + run["events_url"]) as resp:
+            async for frame in iter_frames(resp):
+                if frame.event == "require_user_input":
+                    break
+            async with http.get(server.base + "/metrics") as r:
+                assert r.status == 200
+                assert r.headers["Content-Type"].startswith("text/plain")
+                text = await r.text()
+    for series in (
+        'agentstream_connections{transport="sse"} 1.0',
+        "agentstream_events_published_total",
+        'agentstream_events_delivered_total{transport="sse"}',
+        'agentstream_sink_queue_events{transport="sse"}',
+        'agentstream_sink_lagging_subscriptions{transport="sse"}',
+        "agentstream_store_batch_ops_bucket",
+        "agentstream_store_batch_seconds_bucket",
+        "agentstream_store_pending_ops",
+        'agentstream_runs_active{status="waiting_input"} 1.0',
+        "agentstream_input_requests_pending 1.0",
+    ):
+        assert series in text, series
