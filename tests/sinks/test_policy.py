@@ -126,7 +126,7 @@ async def test_write_timeout_drops_a_peer_that_never_reads(
     st = server.app[STATE]
     run = await start_run(http, server, input={"tokens": 0, "ask": "x", "reasoning": False,
                                                "tool_call": False})
-    reader, writer = await asyncio.open_connection(
+    _reader, writer = await asyncio.open_connection(
         server.host, server.port,
     )
     writer.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
