@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -39,7 +39,27 @@ class Settings(msgspec.Struct, kw_only=True):
     # Finished conversations idle longer than this are deleted (0: keep forever).
     retention: float = 0.0
     retention_sweep: float = 60.0
+    # Access control: none (local use), token (static API keys) or jwt (HS256/RS256).
+    auth: Literal["none", "token", "jwt"] = "none"
+    api_keys: str = ""
+    api_keys_file: str = ""
+    jwt_secret: str = ""
+    jwt_public_key_file: str = ""
+    jwt_audience: str = ""
+    stream_token_secret: str = ""
+    stream_token_ttl: float = 300.0
+    # Comma-separated allowed origins for browsers on other origins (empty: no CORS).
+    cors_origins: str = ""
+    cors_credentials: bool = False
+    # Limits (0: unlimited).
+    max_subscriptions: int = 1000
+    max_connections_per_user: int = 0
+    runs_per_minute: int = 0
     policy: SinkPolicy = msgspec.field(default_factory=SinkPolicy)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -54,14 +74,30 @@ class Settings(msgspec.Struct, kw_only=True):
         if not 0 < self.store_low_water < self.store_high_water:
             raise ValueError("need 0 < store_low_water < store_high_water")
         self.policy.validate()
+        if self.stream_token_ttl <= 0:
+            raise ValueError("stream_token_ttl must be > 0")
+        for name in ("max_subscriptions", "max_connections_per_user", "runs_per_minute"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.cors_credentials and "*" in self.cors_origin_list:
+            raise ValueError("cors_origins '*' cannot be combined with cors_credentials")
         if self.policy.queue_events < self.store_batch:
             # One committed batch is offered to a sink at once: a bound below it would make
             # every reader, however fast, overflow and catch up from the store.
             raise ValueError("queue_events must be >= store_batch")
 
 
-# flag name -> (help, type); policy fields are flattened as top-level flags.
-_FLAGS: dict[str, tuple[str, type]] = {
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")
+
+
+# flag name -> (help, parser); policy fields are flattened as top-level flags.
+_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "host": ("interface to bind", str),
     "port": ("TCP port", int),
     "db": ("SQLite file (':memory:' for none)", str),
@@ -85,7 +121,22 @@ _FLAGS: dict[str, tuple[str, type]] = {
     "max_lifetime": ("close streams after this long with a retry hint (0: never)", float),
     "retry_ms": ("SSE retry hint in ms", int),
     "catchup_page": ("events per store read while catching up", int),
+    "auth": ("none, token or jwt", str),
+    "api_keys": ("API keys as 'key=user,key2=user2 admin'", str),
+    "api_keys_file": ("file of '<key> <user> [admin]' lines", str),
+    "jwt_secret": ("HS256 secret (auth=jwt)", str),
+    "jwt_public_key_file": ("RS256 public key PEM file (auth=jwt)", str),
+    "jwt_audience": ("required JWT audience (optional)", str),
+    "stream_token_secret": ("secret signing EventSource stream tokens", str),
+    "stream_token_ttl": ("seconds a stream token lives", float),
+    "cors_origins": ("comma-separated allowed browser origins", str),
+    "cors_credentials": ("allow credentials cross-origin (true/false)", _parse_bool),
+    "max_subscriptions": ("subscriptions per WebSocket", int),
+    "max_connections_per_user": ("concurrent streams per user (0: unlimited)", int),
+    "runs_per_minute": ("runs a user may start per minute (0: unlimited)", int),
 }
+_SECRET_FLAGS = frozenset({"api_keys", "jwt_secret", "stream_token_secret"})
+
 _POLICY_FIELDS = set(SinkPolicy.__struct_fields__)
 
 
@@ -107,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
             dest=flag,
             type=typ,
             default=None,
-            help=f"{text} (env {_env_name(flag)}, default {default!r})",
+            help=f"{text} (env {_env_name(flag)}"
+            + ("" if flag in _SECRET_FLAGS else f", default {default!r}") + ")",
         )
     return parser
 

@@ -14,6 +14,10 @@ from aiohttp import web
 from app.agents.registry import AgentRegistry
 from app.api import http, metrics_api, ws
 from app.api.common import error_response
+from app.auth.access import PRINCIPAL
+from app.auth.authenticator import Authenticator
+from app.auth.cors import setup_cors
+from app.auth.limits import ConnectionLimiter, RunRateLimiter
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.hub import Hub
@@ -46,6 +50,16 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         log.info("http_request", method=request.method, path=request.path, status=status,
                  ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Resolve the caller for every API path; health and metrics stay open."""
+    if request.path.startswith("/v1/") and request.method != "OPTIONS":
+        principal = request.app[STATE].auth.authenticate(request)
+        request[PRINCIPAL] = principal
+        structlog.contextvars.bind_contextvars(user=principal.user)
+    return await handler(request)
 
 
 @web.middleware
@@ -91,16 +105,31 @@ def create_app(
         store, hub, agents,
         input_timeout=settings.input_timeout, run_timeout=settings.run_timeout,
     )
-    state = State(settings, store, hub, agents, engine)
+    auth = Authenticator(
+        settings.auth,
+        api_keys=settings.api_keys,
+        api_keys_file=settings.api_keys_file,
+        jwt_secret=settings.jwt_secret,
+        jwt_public_key_file=settings.jwt_public_key_file,
+        jwt_audience=settings.jwt_audience,
+        stream_token_secret=settings.stream_token_secret,
+        stream_token_ttl=settings.stream_token_ttl,
+    )
+    state = State(
+        settings, store, hub, agents, engine, auth,
+        ConnectionLimiter(settings.max_connections_per_user),
+        RunRateLimiter(settings.runs_per_minute),
+    )
 
     app = web.Application(
-        middlewares=[context_middleware, error_middleware],
+        middlewares=[context_middleware, error_middleware, auth_middleware],
         client_max_size=settings.max_body,
     )
     app[STATE] = state
     app.add_routes(http.routes)
     app.add_routes(metrics_api.routes)
     app.add_routes(ws.routes)
+    setup_cors(app, settings.cors_origin_list, settings.cors_credentials)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from app.agents.registry import AgentRegistry
+from app.auth.authenticator import Authenticator
+from app.auth.limits import ConnectionLimiter, RunRateLimiter
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.hub import Hub
@@ -22,6 +24,9 @@ class State:
     hub: Hub
     agents: AgentRegistry
     engine: Engine
+    auth: Authenticator
+    connections: ConnectionLimiter
+    run_limiter: RunRateLimiter
     # Open sinks, so shutdown can close them and /metrics can read their queues.
     sinks: set[Sink] = field(default_factory=set)
     shutting_down: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -14,6 +15,8 @@ from app.api.common import (
     read_json,
     wants_sse,
 )
+from app.auth.access import conversation_for, principal_of, require_write, run_for
+from app.auth.authenticator import Principal
 from app.engine.engine import Engine
 from app.errors import ApiError
 from app.sinks.sse import SseSink, open_sse, serve_sink
@@ -24,6 +27,12 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 
 
+class StreamToken(msgspec.Struct):
+    token: str
+    expires_at: int
+    conversation_id: str
+
+
 def _state(request: web.Request) -> State:
     return request.app[STATE]
 
@@ -32,11 +41,19 @@ def _events_url(run_id: str) -> str:
     return f"/v1/runs/{run_id}/events"
 
 
+def owner_of(st: State, principal: Principal) -> str | None:
+    """The owner recorded on new conversations (None when auth is off)."""
+    return principal.user if st.auth.enabled else None
+
+
 @routes.post("/v1/runs")
 async def start_run(request: web.Request) -> web.StreamResponse:
     st = _state(request)
+    principal = principal_of(request)
+    require_write(principal)
     body = await read_json(request, StartRunRequest, st.settings.max_body)
-    run = await st.engine.start_run(body)
+    st.run_limiter.check(principal.user)
+    run = await st.engine.start_run(body, owner=owner_of(st, principal), admin=principal.admin)
     record = run.record
     structlog.contextvars.bind_contextvars(
         run_id=record.run_id, conversation_id=record.conversation_id
@@ -48,7 +65,7 @@ async def start_run(request: web.Request) -> web.StreamResponse:
             status=202,
         )
     sink = await _stream(
-        request, st, record.conversation_id, record.first_seq - 1, record.run_id,
+        request, st, principal, record.conversation_id, record.first_seq - 1, record.run_id,
         cancel_on_disconnect=record.on_disconnect == "cancel",
     )
     return sink.response
@@ -56,34 +73,48 @@ async def start_run(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/runs/{run_id}")
 async def get_run(request: web.Request) -> web.Response:
-    engine = _state(request).engine
-    record = await engine.get_run(path_id(request, "run_id"))
+    st = _state(request)
+    record = await run_for(st.engine, principal_of(request), path_id(request, "run_id"))
     return json_response(Engine.run_info(record))
 
 
 @routes.get("/v1/runs/{run_id}/events")
 async def run_events(request: web.Request) -> web.StreamResponse:
     st = _state(request)
-    record = await st.engine.get_run(path_id(request, "run_id"))
+    principal = principal_of(request)
+    record = await run_for(st.engine, principal, path_id(request, "run_id"))
     after = parse_last_event_id(request)
     if record.done_seq is not None and after >= record.done_seq:
         # The browser saw ``done``: 204 makes EventSource stop reconnecting.
         return web.Response(status=204)
     await _check_not_ahead(st, record.conversation_id, after)
     start = max(after, record.first_seq - 1)
-    sink = await _stream(request, st, record.conversation_id, start, record.run_id)
+    sink = await _stream(request, st, principal, record.conversation_id, start, record.run_id)
     return sink.response
 
 
 @routes.get("/v1/conversations/{conversation_id}/events")
 async def conversation_events(request: web.Request) -> web.StreamResponse:
     st = _state(request)
+    principal = principal_of(request)
     cid = path_id(request, "conversation_id")
-    await st.engine.require_conversation(cid)
+    await conversation_for(st.engine, principal, cid)
     after = parse_last_event_id(request)
     await _check_not_ahead(st, cid, after)
-    sink = await _stream(request, st, cid, after, None)
+    sink = await _stream(request, st, principal, cid, after, None)
     return sink.response
+
+
+@routes.post("/v1/conversations/{conversation_id}/stream-token")
+async def stream_token(request: web.Request) -> web.Response:
+    """A short-lived token for ``?access_token=``: EventSource cannot send headers."""
+    st = _state(request)
+    principal = principal_of(request)
+    require_write(principal)
+    cid = path_id(request, "conversation_id")
+    await conversation_for(st.engine, principal, cid)
+    token, expires = st.auth.issue_stream_token(principal, cid)
+    return json_response(StreamToken(token, expires, cid), status=201)
 
 
 async def _check_not_ahead(st: State, conversation_id: str, after: int) -> None:
@@ -97,6 +128,7 @@ async def _check_not_ahead(st: State, conversation_id: str, after: int) -> None:
 async def _stream(
     request: web.Request,
     st: State,
+    principal: Principal,
     conversation_id: str,
     after: int,
     run_id: str | None,
@@ -106,21 +138,26 @@ async def _stream(
     structlog.contextvars.bind_contextvars(connection_id=cid, conversation_id=conversation_id)
     if st.shutting_down:
         raise ApiError(503, "shutting_down", "the server is shutting down")
-    response = await open_sse(request, st.settings.policy)
-    sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
-    sink.subscribe(conversation_id, after=after, run_id=run_id, ends_on_done=run_id is not None)
-    st.sinks.add(sink)
+    st.connections.acquire(principal.user)
     try:
-        await serve_sink(sink)
-    except asyncio.CancelledError:
-        # With handler_cancellation on, aiohttp cancels us when the client goes.
-        sink.close("disconnected")
-        raise
+        response = await open_sse(request, st.settings.policy)
+        sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
+        sink.subscribe(conversation_id, after=after, run_id=run_id,
+                       ends_on_done=run_id is not None)
+        st.sinks.add(sink)
+        try:
+            await serve_sink(sink)
+        except asyncio.CancelledError:
+            # With handler_cancellation on, aiohttp cancels us when the client goes.
+            sink.close("disconnected")
+            raise
+        finally:
+            st.sinks.discard(sink)
+            if cancel_on_disconnect and sink.close_reason == "disconnected" and run_id:
+                st.engine.request_cancel(run_id, reason="client_disconnected")
+            log.info("sse_closed", reason=sink.close_reason, delivered=sink.delivered)
     finally:
-        if cancel_on_disconnect and sink.close_reason == "disconnected" and run_id:
-            st.engine.request_cancel(run_id, reason="client_disconnected")
-        st.sinks.discard(sink)
-        log.info("sse_closed", reason=sink.close_reason, delivered=sink.delivered)
+        st.connections.release(principal.user)
     return sink
 
 
@@ -128,6 +165,7 @@ async def _stream(
 async def answer_input(request: web.Request) -> web.Response:
     st = _state(request)
     run_id = path_id(request, "run_id")
+    await run_for(st.engine, principal_of(request), run_id, write=True)
     body = await read_json(request, InputRequest, st.settings.max_body)
     await st.engine.answer(run_id, body.request_id, body.value)
     record = await st.engine.get_run(run_id)
@@ -137,7 +175,9 @@ async def answer_input(request: web.Request) -> web.Response:
 @routes.post("/v1/runs/{run_id}/cancel")
 async def cancel_run(request: web.Request) -> web.Response:
     st = _state(request)
-    running, record = await st.engine.cancel(path_id(request, "run_id"))
+    run_id = path_id(request, "run_id")
+    await run_for(st.engine, principal_of(request), run_id, write=True)
+    running, record = await st.engine.cancel(run_id)
     return json_response(Engine.run_info(record), status=202 if running else 200)
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import msgspec
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from app import metrics
+from app.auth.access import conversation_for, principal_of, require_write, run_for
+from app.auth.authenticator import Principal
 from app.errors import ApiError
 from app.sinks.ws import WsSink
 from app.state import STATE, State, connection_id
@@ -44,9 +47,11 @@ COMMAND_TYPES = frozenset({"start", "subscribe", "unsubscribe", "input", "cancel
 class Connection:
     """One WebSocket client: its sink, the runs it started, and its command handlers."""
 
-    def __init__(self, st: State, sink: WsSink) -> None:
+    def __init__(self, st: State, sink: WsSink, principal: Principal) -> None:
         self.st = st
         self.sink = sink
+        self.principal = principal
+        self.refreshed = asyncio.Event()
         self.started: dict[str, str] = {}  # start ref -> run id
         self.cancel_on_close: set[str] = set()
 
@@ -95,12 +100,48 @@ class Connection:
             self.sink.send_reply(Ack(ref=cmd.ref, run_id=cmd.run_id,
                                      conversation_id=cmd.conversation_id))
         elif isinstance(cmd, InputCommand):
+            await run_for(engine, self.principal, cmd.run_id, write=True)
             await engine.answer(cmd.run_id, cmd.request_id, cmd.value)
             self.sink.send_reply(Ack(ref=cmd.ref, run_id=cmd.run_id))
         elif isinstance(cmd, CancelCommand):
             await self.cancel(cmd)
         elif isinstance(cmd, RefreshCommand):
+            self.refresh(cmd)
+
+    def refresh(self, cmd: RefreshCommand) -> None:
+        """Swap in a fresh credential for the same user before the current one expires."""
+        if not self.st.auth.enabled:
             raise ApiError(400, "auth_disabled", "this server does not use tokens")
+        fresh = self.st.auth.verify(cmd.token)
+        if fresh.user != self.principal.user:
+            raise ApiError(401, "invalid_token", "a refresh token must be for the same user")
+        self.principal = fresh
+        self.refreshed.set()
+        self.sink.send_reply(Ack(ref=cmd.ref))
+
+    async def expire(self) -> None:
+        """Close 1008 when the credential expires, unless a ``refresh`` came first."""
+        while True:
+            expires_at = self.principal.expires_at
+            if expires_at is None:
+                await asyncio.Event().wait()  # never expires: wait to be cancelled
+            self.refreshed.clear()
+            delay = (expires_at or 0) - time.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.refreshed.wait()
+                continue
+            self.sink.close_code = WSCloseCode.POLICY_VIOLATION
+            self.sink.close("token_expired")
+            return
+
+    def check_room(self) -> None:
+        limit = self.st.settings.max_subscriptions
+        if limit and len(self.sink.subs) >= limit:
+            metrics.LIMITED.labels("subscriptions").inc()
+            raise ApiError(429, "too_many_subscriptions",
+                           f"at most {limit} subscriptions per socket")
 
     @staticmethod
     def _key(conversation_id: str | None, run_id: str | None) -> tuple[str, str]:
@@ -114,10 +155,17 @@ class Connection:
     async def start(self, cmd: StartCommand) -> None:
         if cmd.ref is not None and cmd.ref in self.started:
             raise ApiError(409, "duplicate_ref", f"ref {cmd.ref!r} already started a run")
-        run = await self.st.engine.start_run(StartRunRequest(
-            agent=cmd.agent, input=cmd.input, conversation_id=cmd.conversation_id,
-            on_disconnect=cmd.on_disconnect, metadata=cmd.metadata,
-        ))
+        require_write(self.principal)
+        self.check_room()
+        self.st.run_limiter.check(self.principal.user)
+        run = await self.st.engine.start_run(
+            StartRunRequest(
+                agent=cmd.agent, input=cmd.input, conversation_id=cmd.conversation_id,
+                on_disconnect=cmd.on_disconnect, metadata=cmd.metadata,
+            ),
+            owner=self.principal.user if self.st.auth.enabled else None,
+            admin=self.principal.admin,
+        )
         rec = run.record
         if cmd.ref is not None:
             self.started[cmd.ref] = rec.run_id
@@ -131,15 +179,17 @@ class Connection:
     async def subscribe(self, cmd: SubscribeCommand) -> None:
         engine = self.st.engine
         key = self._key(cmd.conversation_id, cmd.run_id)
+        if key not in self.sink.subs:
+            self.check_room()
         after = cmd.after or 0
         if cmd.run_id is not None:
-            record = await engine.get_run(cmd.run_id)
+            record = await run_for(engine, self.principal, cmd.run_id)
             conversation_id = record.conversation_id
             start = max(after, record.first_seq - 1)
             run_id: str | None = record.run_id
         else:
             assert cmd.conversation_id is not None
-            await engine.require_conversation(cmd.conversation_id)
+            await conversation_for(engine, self.principal, cmd.conversation_id)
             conversation_id, start, run_id = cmd.conversation_id, after, None
         conv = await engine.conversation(conversation_id)
         last = conv.seq if conv is not None else 0
@@ -159,6 +209,7 @@ class Connection:
             if run_id is None:
                 raise ApiError(404, "run_not_found",
                                f"no run_id and no start with ref {start_ref!r} on this socket")
+        await run_for(self.st.engine, self.principal, run_id, write=True)
         _, record = await self.st.engine.cancel(run_id)
         self.sink.send_reply(Ack(ref=cmd.ref, run_id=run_id, status=record.status))
 
@@ -172,6 +223,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     if st.shutting_down:
         raise ApiError(503, "shutting_down", "the server is shutting down")
+    principal = principal_of(request)  # authenticated at the upgrade, by the middleware
+    st.connections.acquire(principal.user)
+    try:
+        return await _serve(request, st, principal)
+    finally:
+        st.connections.release(principal.user)
+
+
+async def _serve(request: web.Request, st: State, principal: Principal) -> web.WebSocketResponse:
     policy = st.settings.policy
     ws = web.WebSocketResponse(
         heartbeat=policy.heartbeat,
@@ -183,10 +243,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     cid = connection_id()
     structlog.contextvars.bind_contextvars(connection_id=cid)
     sink = WsSink(ws, request, st.hub, st.store, policy, cid)
-    conn = Connection(st, sink)
+    conn = Connection(st, sink, principal)
     st.sinks.add(sink)
     reader = asyncio.create_task(_read_loop(ws, conn), name=f"ws-reader:{cid}")
     writer = asyncio.create_task(sink.run(), name=f"ws-writer:{cid}")
+    expiry = asyncio.create_task(conn.expire(), name=f"ws-expiry:{cid}")
     try:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -194,6 +255,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             # Wakes the read loop with a close message and does the closing handshake.
             await ws.close(code=sink.close_code, message=(sink.close_reason or "").encode())
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
         for task in (writer, reader):
             try:
                 async with asyncio.timeout(policy.write_timeout):

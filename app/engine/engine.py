@@ -165,12 +165,14 @@ class Engine:
             del self._loading[conversation_id]
 
     async def _open_conversation(
-        self, conversation_id: str | None, owner: str | None
+        self, conversation_id: str | None, owner: str | None, admin: bool
     ) -> Conversation:
         if conversation_id is not None:
             conv = await self.conversation(conversation_id)
+            if conv is None and await self.store.is_expired(conversation_id):
+                await self._raise_missing("conversation", conversation_id)
             if conv is not None:
-                if owner is not None and conv.record.owner not in (None, owner):
+                if not admin and conv.record.owner not in (None, owner):
                     raise not_found("conversation", conversation_id)
                 return conv
             # A concurrent request may have created it while we looked.
@@ -196,7 +198,11 @@ class Engine:
 
     # ---- runs ---------------------------------------------------------------------------
 
-    async def start_run(self, req: StartRunRequest, owner: str | None = None) -> ActiveRun:
+    async def start_run(
+        self, req: StartRunRequest, owner: str | None = None, admin: bool = True
+    ) -> ActiveRun:
+        """Start a run; ``owner`` (None without auth) owns a new conversation, and only it (or
+        an admin) may start runs in an existing one."""
         if not self.accepting:
             raise ApiError(503, "shutting_down", "the server is shutting down")
         agent = self.agents.get(req.agent)
@@ -205,7 +211,7 @@ class Engine:
             await self.store.wait_for_room()
         except StoreUnavailable as exc:
             raise ApiError(503, "store_unavailable", str(exc)) from None
-        conv = await self._open_conversation(req.conversation_id, owner)
+        conv = await self._open_conversation(req.conversation_id, owner, admin)
         ts = now_ms()
         record = RunRecord(
             run_id=new_id("r"),
@@ -217,7 +223,7 @@ class Engine:
             input=req.input,
             on_disconnect=req.on_disconnect,
             metadata=req.metadata,
-            owner=owner,
+            owner=conv.record.owner,
             first_seq=conv.seq + 1,
         )
         run = ActiveRun(record, conv, agent, parsed)

@@ -1,0 +1,1 @@
+"""Access control: who is calling (authenticator), what they may touch (access), limits, CORS."""

@@ -1,0 +1,52 @@
+"""Per-user limits: concurrent streaming connections and runs started per minute."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from app import metrics
+from app.errors import ApiError
+
+
+class ConnectionLimiter:
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._open: dict[str, int] = {}
+
+    def acquire(self, user: str) -> None:
+        count = self._open.get(user, 0)
+        if self.per_user and count >= self.per_user:
+            metrics.LIMITED.labels("connections").inc()
+            raise ApiError(429, "too_many_connections",
+                           f"at most {self.per_user} open streams per user")
+        self._open[user] = count + 1
+
+    def release(self, user: str) -> None:
+        count = self._open.get(user, 0) - 1
+        if count > 0:
+            self._open[user] = count
+        else:
+            self._open.pop(user, None)
+
+
+class RunRateLimiter:
+    """Sliding one-minute window; memory per user is bounded by the limit itself."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._starts: dict[str, deque[float]] = {}
+
+    def check(self, user: str) -> None:
+        if not self.per_minute:
+            return
+        now = time.monotonic()
+        window = self._starts.setdefault(user, deque())
+        while window and now - window[0] >= 60.0:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            metrics.LIMITED.labels("runs_per_minute").inc()
+            retry = int(60.0 - (now - window[0])) + 1
+            raise ApiError(429, "rate_limited",
+                           f"at most {self.per_minute} runs per minute; retry in {retry}s")
+        window.append(now)
