@@ -36,11 +36,15 @@ class LazySession:
             self._session = None
 
 
+def backoff_delay(attempt: int, base: float, cap: float = 10.0) -> float:
+    """Exponential delay before retry number ``attempt`` (0-based), with jitter so that many
+    runs retrying at once spread out."""
+    return min(cap, base * 2.0**attempt) * random.uniform(0.8, 1.2)
+
+
 def backoff_delays(retries: int, base: float, cap: float = 10.0) -> Iterator[float]:
-    """Exponential delays with jitter (so many runs retrying at once spread out)."""
     for attempt in range(retries):
-        delay = min(cap, base * (2**attempt))
-        yield delay * random.uniform(0.8, 1.2)
+        yield backoff_delay(attempt, base, cap)
 
 
 async def read_error_text(resp: aiohttp.ClientResponse, limit: int = 64 * 1024,
