@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from app.agents.config_file import registry_from_file
 from app.agents.registry import AgentRegistry
 from app.api import http, metrics_api
 from app.api.common import error_response
@@ -86,7 +87,7 @@ def create_app(
     store.batch_observer = observe_store_batch
     hub = Hub()
     hub.on_published = PUBLISHED.inc
-    agents = agents or AgentRegistry()
+    agents = agents or registry_from_file(settings.agents_file)
     engine = Engine(
         store, hub, agents,
         input_timeout=settings.input_timeout, run_timeout=settings.run_timeout,
