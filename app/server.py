@@ -13,13 +13,15 @@ from aiohttp import web
 
 from app.agents.config_file import registry_from_file
 from app.agents.registry import AgentRegistry
-from app.api import http, metrics_api
+from app.api import http, metrics_api, schedules
 from app.api.common import error_response
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.hub import Hub
 from app.errors import ApiError
 from app.metrics import PUBLISHED, observe_store_batch
+from app.schedules.scheduler import SCHEDULER, Scheduler, scheduler_ctx
+from app.schedules.store import ScheduleStore
 from app.state import STATE, State
 from app.store.base import EventStore
 from app.store.sqlite import SqliteEventStore
@@ -101,7 +103,13 @@ def create_app(
     app[STATE] = state
     app.add_routes(http.routes)
     app.add_routes(metrics_api.routes)
+    app.add_routes(schedules.routes)
+    # Schedules live in the event store's database file (memory when it has none).
+    schedule_db = store.path if isinstance(store, SqliteEventStore) else ":memory:"
+    app[SCHEDULER] = Scheduler(ScheduleStore(schedule_db), engine,
+                               min_interval=settings.schedule_min_interval)
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(scheduler_ctx)  # starts after, stops before, the engine's step
     app.on_shutdown.append(_on_shutdown)
     return app
 

@@ -53,14 +53,15 @@ def done_of(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def conversation_events(
-    http: aiohttp.ClientSession, server: LiveServer, conversation_id: str,
+    http: aiohttp.ClientSession, server: LiveServer | str, conversation_id: str,
     settle: float = 0.3, within: float = 10.0,
 ) -> list[dict[str, Any]]:
-    """The conversation's stored events: replay until nothing new came for ``settle`` s."""
+    """The conversation's stored events: replay until nothing new came for ``settle`` s.
+    ``server`` may be a base URL (a server in a subprocess)."""
     events: list[dict[str, Any]] = []
-    async with asyncio.timeout(within), http.get(
-        url(server, f"/v1/conversations/{conversation_id}/events")
-    ) as resp:
+    path = f"/v1/conversations/{conversation_id}/events"
+    address = server + path if isinstance(server, str) else url(server, path)
+    async with asyncio.timeout(within), http.get(address) as resp:
         assert resp.status == 200, await resp.text()
         frames = iter_frames(resp)
         while True:
