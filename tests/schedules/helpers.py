@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -55,7 +56,7 @@ def assert_steady_after_restart(starts: list[int], down_ms: int, ready_ms: int,
     then one per interval; never a burst (two firings closer than half an interval)."""
     ts = [t for t in starts if t > down_ms]
     assert ts, "no firing after the restart"
-    gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ts)]
     interval_ms = INTERVAL * 1000
     assert all(g >= interval_ms / 2 for g in gaps), f"burst: gaps {gaps} ms"
     assert ts[0] <= ready_ms + interval_ms / 2, "the overdue firing waited for its next slot"
