@@ -129,6 +129,13 @@ class FakeOpenAI:
                     await self.release.wait()
             except TimeoutError:
                 pass
+        elif model == "length":
+            # Arguments before the name, then a token-limit stop and no [DONE].
+            await resp.write(frame(chunk({"tool_calls": [
+                {"index": 0, "function": {"arguments": '{"q": 1}'}}]})))
+            await resp.write(frame(chunk({"tool_calls": [
+                {"index": 0, "id": "call_x", "function": {"name": "search"}}]})))
+            await resp.write(frame(chunk({"content": "trunc"}, finish="length")))
         elif model == "eof":
             await resp.write(frame(chunk({"content": "cut"})))
         await resp.write_eof()

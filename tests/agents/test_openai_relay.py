@@ -187,3 +187,16 @@ async def test_cancel_mid_stream_ends_cancelled_and_releases_the_upstream(
                                                                       "model": "idle"}},
                               on_event=cancel_on_first_chunk)
     assert done_of(events)["status"] == "cancelled"
+
+
+async def test_token_limit_stop_completes_with_a_warning_and_late_tool_name(
+    server: LiveServer, http: aiohttp.ClientSession
+) -> None:
+    events = await run(http, server, "length")
+    assert done_of(events)["status"] == "completed"
+    assert types(events) == ["run_started", "tool_call_started", "message_chunk", "message",
+                             "tool_call_completed", "notify", "done"]
+    call = events[4]["data"]
+    assert (call["name"], call["arguments"]) == ("search", {"q": 1})
+    assert events[5]["data"] == {"message": "the upstream stopped at its token limit",
+                                 "level": "warning"}
