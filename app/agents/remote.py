@@ -103,7 +103,9 @@ class RemoteAgent(Agent):
         if self._ready:
             return
         opts = self.options
-        budget = (opts.retries + 1) * (opts.request_timeout + 10 * opts.backoff + 1)
+        # Every attempt at its timeout plus every backoff at its longest (+20% jitter).
+        sleeps = sum(min(10.0, opts.backoff * 2.0**i) * 1.2 for i in range(opts.retries))
+        budget = (opts.retries + 1) * opts.request_timeout + sleeps + 1.0
         try:
             async with asyncio.timeout(budget), self._lock:
                 if not self._ready:
