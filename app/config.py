@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, kw_only=True):
     max_subscriptions: int = 1000
     max_connections_per_user: int = 0
     runs_per_minute: int = 0
+    # TOML file of extra agents (openai relays, remote agents); empty: built-ins only.
+    agents_file: str = ""
+    # Shortest interval a recurring schedule may have, in seconds.
+    schedule_min_interval: float = 1.0
     policy: SinkPolicy = msgspec.field(default_factory=SinkPolicy)
 
     @property
@@ -64,7 +68,8 @@ class Settings(msgspec.Struct, kw_only=True):
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0..65535")
-        for name in ("input_timeout", "run_timeout", "shutdown_grace", "retention_sweep"):
+        for name in ("input_timeout", "run_timeout", "shutdown_grace", "retention_sweep",
+                     "schedule_min_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.retention < 0:
@@ -113,6 +118,8 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_low_water": ("pending store ops at which producers resume", int),
     "retention": ("seconds a finished conversation is kept (0: forever)", float),
     "retention_sweep": ("seconds between retention sweeps", float),
+    "agents_file": ("TOML file of extra agents (kind openai or remote)", str),
+    "schedule_min_interval": ("shortest interval_seconds a schedule may have", float),
     "heartbeat": ("seconds between SSE pings / WebSocket pings", float),
     "queue_events": ("per-connection queue bound, events", int),
     "queue_bytes": ("per-connection queue bound, bytes", int),

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from app.agents.config_file import registry_from_file
 from app.agents.registry import AgentRegistry
-from app.api import http, metrics_api, ws
+from app.api import http, metrics_api, schedules, ws
 from app.api.common import error_response
 from app.auth.access import PRINCIPAL
 from app.auth.authenticator import Authenticator
@@ -23,6 +24,8 @@ from app.engine.engine import Engine
 from app.engine.hub import Hub
 from app.errors import ApiError
 from app.metrics import PUBLISHED, observe_store_batch
+from app.schedules.scheduler import SCHEDULER, Scheduler, scheduler_ctx
+from app.schedules.store import ScheduleStore
 from app.state import STATE, State
 from app.store.base import EventStore
 from app.store.sqlite import SqliteEventStore
@@ -100,7 +103,7 @@ def create_app(
     store.batch_observer = observe_store_batch
     hub = Hub()
     hub.on_published = PUBLISHED.inc
-    agents = agents or AgentRegistry()
+    agents = agents or registry_from_file(settings.agents_file)
     engine = Engine(
         store, hub, agents,
         input_timeout=settings.input_timeout, run_timeout=settings.run_timeout,
@@ -130,7 +133,13 @@ def create_app(
     app.add_routes(metrics_api.routes)
     app.add_routes(ws.routes)
     setup_cors(app, settings.cors_origin_list, settings.cors_credentials)
+    app.add_routes(schedules.routes)
+    # Schedules live in the event store's database file (memory when it has none).
+    schedule_db = store.path if isinstance(store, SqliteEventStore) else ":memory:"
+    app[SCHEDULER] = Scheduler(ScheduleStore(schedule_db), engine,
+                               min_interval=settings.schedule_min_interval)
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(scheduler_ctx)  # starts after, stops before, the engine's step
     app.on_shutdown.append(_on_shutdown)
     return app
 

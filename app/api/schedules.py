@@ -1,0 +1,39 @@
+"""The recurring schedules API: create, list, read and delete (``/v1/schedules``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.api.common import json_response, path_id, read_json
+from app.errors import ApiError
+from app.schedules.scheduler import SCHEDULER
+from app.state import STATE
+from protocol.schedules import CreateScheduleRequest, ScheduleList
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/schedules")
+async def create_schedule(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    body = await read_json(request, CreateScheduleRequest, st.settings.max_body)
+    if st.shutting_down:
+        raise ApiError(503, "shutting_down", "the server is shutting down")
+    schedule = await request.app[SCHEDULER].create(body)
+    return json_response(schedule, status=201)
+
+
+@routes.get("/v1/schedules")
+async def list_schedules(request: web.Request) -> web.Response:
+    return json_response(ScheduleList(request.app[SCHEDULER].list()))
+
+
+@routes.get("/v1/schedules/{schedule_id}")
+async def get_schedule(request: web.Request) -> web.Response:
+    return json_response(request.app[SCHEDULER].get(path_id(request, "schedule_id")))
+
+
+@routes.delete("/v1/schedules/{schedule_id}")
+async def delete_schedule(request: web.Request) -> web.Response:
+    await request.app[SCHEDULER].delete(path_id(request, "schedule_id"))
+    return web.Response(status=204)

@@ -1,0 +1,206 @@
+"""The scheduler: one task, owned by the app lifecycle, that starts each schedule's runs.
+
+Timing rule: after a firing that was due at ``due``, the next one is ``due + interval`` if
+that is still ahead, else ``now + interval``. So a server that was down for many intervals
+runs a missed schedule once on start-up, not once per missed interval, and a punctual one
+keeps its cadence without drift. A firing while the schedule's previous run is still going
+is skipped (counted), so slow runs never pile up. A firing that cannot start a run (unknown
+agent, store trouble, ...) is recorded in ``last_error`` and the schedule carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from app.agents.base import AgentInputError
+from app.engine.engine import Engine, new_id
+from app.errors import ApiError, not_found
+from app.schedules.store import ScheduleStore
+from protocol.messages import ErrorDetail, StartRunRequest
+from protocol.schedules import CreateScheduleRequest, Schedule
+
+log = structlog.get_logger(__name__)
+
+MAX_SCHEDULES = 10_000
+# The loop re-checks at least this often, whatever the clock did.
+MAX_IDLE = 30.0
+# Longest a firing may wait for the engine to take its run (store backpressure).
+START_TIMEOUT = 30.0
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Scheduler:
+    def __init__(self, store: ScheduleStore, engine: Engine, *, min_interval: float) -> None:
+        self.store = store
+        self.engine = engine
+        self.min_interval = min_interval
+        self._schedules: dict[str, Schedule] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.open()
+        for schedule in await self.store.load():
+            self._schedules[schedule.schedule_id] = schedule
+        self._task = asyncio.create_task(self._loop(), name="scheduler")
+        log.info("scheduler_started", schedules=len(self._schedules))
+
+    async def stop(self, within: float = 5.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(within):
+                    await self._task
+            self._task = None
+        await self.store.close()
+
+    # ---- the API's operations -----------------------------------------------------------
+
+    async def create(self, req: CreateScheduleRequest) -> Schedule:
+        if req.interval_seconds < self.min_interval:
+            raise ApiError(422, "invalid_field",
+                           f"interval_seconds must be >= {self.min_interval:g}")
+        agent = self.engine.agents.get(req.agent)  # 422 unknown_agent
+        try:
+            agent.parse_input(req.input)
+        except AgentInputError as exc:
+            raise ApiError(422, "invalid_input", f"{agent.name}: {exc}") from None
+        if len(self._schedules) >= MAX_SCHEDULES:
+            raise ApiError(429, "too_many_schedules", f"at most {MAX_SCHEDULES} schedules")
+        now = now_ms()
+        schedule = Schedule(
+            schedule_id=new_id("s"),
+            agent=req.agent,
+            input=req.input,
+            interval_seconds=req.interval_seconds,
+            conversation_id=req.conversation_id or new_id("c"),
+            created_at=now,
+            next_fire_at=now + _ms(req.interval_seconds),
+        )
+        await self.store.insert(schedule)
+        self._schedules[schedule.schedule_id] = schedule
+        self._wake.set()
+        log.info("schedule_created", schedule_id=schedule.schedule_id, agent=schedule.agent,
+                 interval=schedule.interval_seconds, conversation_id=schedule.conversation_id)
+        return schedule
+
+    def list(self) -> list[Schedule]:
+        return sorted(self._schedules.values(), key=lambda s: (s.created_at, s.schedule_id))
+
+    def get(self, schedule_id: str) -> Schedule:
+        schedule = self._schedules.get(schedule_id)
+        if schedule is None:
+            raise not_found("schedule", schedule_id)
+        return schedule
+
+    async def delete(self, schedule_id: str) -> None:
+        self.get(schedule_id)  # 404 when unknown
+        await self.store.delete(schedule_id)
+        self._schedules.pop(schedule_id, None)
+        self._wake.set()
+        log.info("schedule_deleted", schedule_id=schedule_id)
+
+    # ---- firing -------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()  # before scanning: a change made meanwhile wakes the wait
+            try:
+                await self._fire_due()
+            except Exception:
+                log.exception("scheduler_pass_failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._seconds_to_next()):
+                    await self._wake.wait()
+
+    async def _fire_due(self) -> None:
+        now = now_ms()
+        for schedule in sorted(self._schedules.values(), key=lambda s: s.next_fire_at):
+            if schedule.next_fire_at > now or not self.engine.accepting:
+                # Not due yet; or shutting down: leave it due, the next start runs it.
+                return
+            if schedule.schedule_id in self._schedules:  # not deleted meanwhile
+                await self._fire(schedule)
+
+    def _seconds_to_next(self) -> float:
+        if not self._schedules:
+            return MAX_IDLE
+        soonest = min(s.next_fire_at for s in self._schedules.values())
+        return min(MAX_IDLE, max(0.0, (soonest - now_ms()) / 1000))
+
+    async def _fire(self, schedule: Schedule) -> None:
+        """Start one run (or skip, or record why not); never lets an error end the loop."""
+        sid = schedule.schedule_id
+        now = now_ms()
+        interval = _ms(schedule.interval_seconds)
+        due_next = schedule.next_fire_at + interval
+        schedule.next_fire_at = due_next if due_next > now else now + interval
+        schedule.last_fire_at = now
+        if schedule.last_run_id is not None and schedule.last_run_id in self.engine.active:
+            schedule.skipped += 1
+            log.info("schedule_skipped", schedule_id=sid, running=schedule.last_run_id)
+        else:
+            await self._start_run(schedule)
+        if sid not in self._schedules:
+            return  # deleted while the run started
+        try:
+            await self.store.update(schedule)
+        except Exception:
+            # Memory keeps the new times; the next firing's save persists them.
+            log.exception("schedule_save_failed", schedule_id=sid)
+
+    async def _start_run(self, schedule: Schedule) -> None:
+        req = StartRunRequest(
+            agent=schedule.agent, input=schedule.input,
+            conversation_id=schedule.conversation_id,
+            metadata={"schedule_id": schedule.schedule_id},
+        )
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                run = await self.engine.start_run(req)
+        except ApiError as exc:
+            error = ErrorDetail(exc.code, exc.message)
+        except TimeoutError:
+            error = ErrorDetail("start_timeout", f"the run did not start within {START_TIMEOUT}s")
+        except Exception as exc:
+            log.exception("schedule_fire_crashed", schedule_id=schedule.schedule_id)
+            error = ErrorDetail("internal_error", f"{type(exc).__name__}: {exc}")
+        else:
+            schedule.fires += 1
+            schedule.last_run_id = run.run_id
+            schedule.last_error = None
+            log.info("schedule_fired", schedule_id=schedule.schedule_id, run_id=run.run_id,
+                     conversation_id=schedule.conversation_id)
+            return
+        schedule.failures += 1
+        schedule.last_error = error
+        log.warning("schedule_fire_failed", schedule_id=schedule.schedule_id, code=error.code,
+                    message=error.message)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+
+
+async def scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx step: after the engine recovered; stopped before the engine shuts down."""
+    scheduler = app[SCHEDULER]
+    await scheduler.start()
+    try:
+        yield
+    finally:
+        await scheduler.stop()
