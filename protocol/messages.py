@@ -76,7 +76,7 @@ class RunInfo(msgspec.Struct, omit_defaults=True):
     metadata: dict[str, Any] | None = None
 
 
-class AgentCard(msgspec.Struct, omit_defaults=True):
+class AgentCard(msgspec.Struct):
     name: str
     description: str
     can_request_input: bool = False

@@ -38,6 +38,10 @@ class Schedule(msgspec.Struct, kw_only=True, omit_defaults=True):
     failures: int = 0
     last_run_id: str | None = None
     last_error: ErrorDetail | None = None
+    # Who created it (None without auth): its runs start as that user, and only that user
+    # (or an admin) sees the schedule.
+    owner: str | None = None
+    owner_admin: bool = False
 
 
 class ScheduleList(msgspec.Struct):

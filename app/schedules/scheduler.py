@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from app.agents.base import AgentInputError
+from app.auth.authenticator import Principal
 from app.engine.engine import Engine, new_id
 from app.errors import ApiError, not_found
 from app.schedules.store import ScheduleStore
@@ -67,7 +68,9 @@ class Scheduler:
 
     # ---- the API's operations -----------------------------------------------------------
 
-    async def create(self, req: CreateScheduleRequest) -> Schedule:
+    async def create(
+        self, req: CreateScheduleRequest, owner: str | None = None, admin: bool = True
+    ) -> Schedule:
         if req.interval_seconds < self.min_interval:
             raise ApiError(422, "invalid_field",
                            f"interval_seconds must be >= {self.min_interval:g}")
@@ -87,6 +90,8 @@ class Scheduler:
             conversation_id=req.conversation_id or new_id("c"),
             created_at=now,
             next_fire_at=now + _ms(req.interval_seconds),
+            owner=owner,
+            owner_admin=admin,
         )
         await self.store.insert(schedule)
         self._schedules[schedule.schedule_id] = schedule
@@ -95,17 +100,19 @@ class Scheduler:
                  interval=schedule.interval_seconds, conversation_id=schedule.conversation_id)
         return schedule
 
-    def list(self) -> list[Schedule]:
-        return sorted(self._schedules.values(), key=lambda s: (s.created_at, s.schedule_id))
+    def list(self, viewer: Principal | None = None) -> list[Schedule]:
+        mine = [s for s in self._schedules.values()
+                if viewer is None or viewer.can_access(s.owner)]
+        return sorted(mine, key=lambda s: (s.created_at, s.schedule_id))
 
-    def get(self, schedule_id: str) -> Schedule:
+    def get(self, schedule_id: str, viewer: Principal | None = None) -> Schedule:
         schedule = self._schedules.get(schedule_id)
-        if schedule is None:
+        if schedule is None or (viewer is not None and not viewer.can_access(schedule.owner)):
             raise not_found("schedule", schedule_id)
         return schedule
 
-    async def delete(self, schedule_id: str) -> None:
-        self.get(schedule_id)  # 404 when unknown
+    async def delete(self, schedule_id: str, viewer: Principal | None = None) -> None:
+        self.get(schedule_id, viewer)  # 404 when unknown or not the caller's
         await self.store.delete(schedule_id)
         self._schedules.pop(schedule_id, None)
         self._wake.set()
@@ -168,7 +175,9 @@ class Scheduler:
         )
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                run = await self.engine.start_run(req)
+                run = await self.engine.start_run(
+                    req, owner=schedule.owner, admin=schedule.owner_admin
+                )
         except ApiError as exc:
             error = ErrorDetail(exc.code, exc.message)
         except TimeoutError:
