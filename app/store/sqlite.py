@@ -6,7 +6,7 @@ and lookups, so a long replay never queues behind a commit (WAL lets them run to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,16 @@ class SqliteEventStore(EventStore):
         assert self._r is not None, "store is not open"
         return self._r
 
+    async def _fetch(self, sql: str, args: Iterable[Any]) -> list[Any]:
+        """Run a query to completion in one hop to the connection's thread.
+
+        Regression (lost replay events): with ``execute`` then ``fetchall`` as two hops, many
+        concurrent replays kept some statement open at all times, so the reader connection's
+        read transaction never ended and later queries saw a stale snapshot, missing events
+        the hub had already published. One hop finishes each statement before the next.
+        """
+        return list(await self._reader.execute_fetchall(sql, args))
+
     async def _write_batch(self, ops: Sequence[Op]) -> None:
         assert self._w is not None
         db = self._w
@@ -158,47 +168,37 @@ class SqliteEventStore(EventStore):
                 "AND seq>? AND seq<=? AND run_id=? ORDER BY seq LIMIT ?"
             )
             args = (conversation_id, after, upper, run_id, limit)
-        async with self._reader.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(sql, args)
         return [
             EncodedEvent(seq, typ, conversation_id, rid, bytes(body), item_id)
             for seq, typ, rid, item_id, body in rows
         ]
 
     async def last_seq(self, conversation_id: str) -> int:
-        async with self._reader.execute(
+        rows = await self._fetch(
             "SELECT max(seq) FROM events WHERE conversation_id=?", (conversation_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        async with self._reader.execute("SELECT record FROM runs WHERE id=?", (run_id,)) as cur:
-            row = await cur.fetchone()
-        return _run_decoder.decode(row[0]) if row else None
+        rows = await self._fetch("SELECT record FROM runs WHERE id=?", (run_id,))
+        return _run_decoder.decode(rows[0][0]) if rows else None
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
-        async with self._reader.execute(
-            "SELECT record FROM conversations WHERE id=?", (conversation_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return _conv_decoder.decode(row[0]) if row else None
+        rows = await self._fetch("SELECT record FROM conversations WHERE id=?", (conversation_id,))
+        return _conv_decoder.decode(rows[0][0]) if rows else None
 
     async def unfinished_runs(self) -> list[RunRecord]:
         marks = ",".join("?" * len(UNFINISHED))
-        async with self._reader.execute(
-            f"SELECT record FROM runs WHERE status IN ({marks})", UNFINISHED
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetch(f"SELECT record FROM runs WHERE status IN ({marks})", UNFINISHED)
         return [_run_decoder.decode(r[0]) for r in rows]
 
     async def count_run_events(self, run: RunRecord) -> int:
-        async with self._reader.execute(
+        rows = await self._fetch(
             "SELECT count(*) FROM events WHERE conversation_id=? AND seq>=? AND run_id=?",
             (run.conversation_id, run.first_seq, run.run_id),
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        )
+        return int(rows[0][0]) if rows else 0
 
     async def _expire(self, db: aiosqlite.Connection, cutoff: int) -> list[str]:
         marks = ",".join("?" * len(UNFINISHED))
@@ -223,5 +223,4 @@ class SqliteEventStore(EventStore):
         return ids
 
     async def is_expired(self, ident: str) -> bool:
-        async with self._reader.execute("SELECT 1 FROM expired WHERE id=?", (ident,)) as cur:
-            return await cur.fetchone() is not None
+        return bool(await self._fetch("SELECT 1 FROM expired WHERE id=?", (ident,)))

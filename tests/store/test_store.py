@@ -141,3 +141,4 @@ async def test_expire_drops_only_idle_finished_conversations(store: EventStore) 
     assert await store.get_conversation("old") is None
     assert await store.read_events("old", 0, 10) == []
     assert await store.get_conversation("busy") is not None
+
