@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # Finished conversations idle longer than this are deleted (0: keep forever).
     retention: float = 0.0
     retention_sweep: float = 60.0
+    # Bytes of recently published events kept in memory for catch-ups (0: always the store).
+    replay_cache_bytes: int = 64 * 1024 * 1024
     # Access control: none (local use), token (static API keys) or jwt (HS256/RS256).
     auth: Literal["none", "token", "jwt"] = "none"
     api_keys: str = ""
@@ -72,6 +74,8 @@ class Settings(msgspec.Struct, kw_only=True):
                      "schedule_min_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.replay_cache_bytes < 0:
+            raise ValueError("replay_cache_bytes must be >= 0")
         if self.retention < 0:
             raise ValueError("retention must be >= 0")
         if self.max_body < 1024 or self.max_ws_message < 1024:
@@ -118,6 +122,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_low_water": ("pending store ops at which producers resume", int),
     "retention": ("seconds a finished conversation is kept (0: forever)", float),
     "retention_sweep": ("seconds between retention sweeps", float),
+    "replay_cache_bytes": ("bytes of recent events kept for catch-ups (0: none)", int),
     "agents_file": ("TOML file of extra agents (kind openai or remote)", str),
     "schedule_min_interval": ("shortest interval_seconds a schedule may have", float),
     "heartbeat": ("seconds between SSE pings / WebSocket pings", float),

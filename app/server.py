@@ -101,7 +101,7 @@ def create_app(
         low_water=settings.store_low_water,
     )
     store.batch_observer = observe_store_batch
-    hub = Hub()
+    hub = Hub(settings.replay_cache_bytes)
     hub.on_published = PUBLISHED.inc
     agents = agents or registry_from_file(settings.agents_file)
     engine = Engine(

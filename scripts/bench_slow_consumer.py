@@ -126,6 +126,8 @@ async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--readers", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=20_000)
+    ap.add_argument("--stalled-first", action="store_true",
+                    help="run the stalled pass first (to see each pass's own peak RSS)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -139,8 +141,12 @@ async def main() -> int:
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             await asyncio.to_thread(wait_ready, base)
-            free = await one_pass(port, base, args.readers, args.tokens, False, proc.pid)
-            stalled = await one_pass(port, base, args.readers, args.tokens, True, proc.pid)
+            order = [True, False] if args.stalled_first else [False, True]
+            passes = {}
+            for is_stalled in order:
+                passes[is_stalled] = await one_pass(port, base, args.readers, args.tokens,
+                                                    is_stalled, proc.pid)
+            free, stalled = passes[False], passes[True]
         finally:
             proc.terminate()
             proc.wait(20)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from app.engine.replay_cache import ReplayCache
 from protocol.codec import EncodedEvent
 
 if TYPE_CHECKING:
@@ -74,10 +75,12 @@ class Batch:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, replay_cache_bytes: int = 64 * 1024 * 1024) -> None:
         self._subs: dict[str, set[Subscription]] = {}
         self._published: dict[str, int] = {}
         self.on_published: Callable[[int], None] | None = None
+        # Recent committed events, shared by catching-up sinks (see replay_cache.py).
+        self.recent = ReplayCache(replay_cache_bytes)
 
     def published_seq(self, conversation_id: str) -> int:
         """Highest seq of the conversation already published (so already committed)."""
@@ -90,6 +93,7 @@ class Hub:
 
     def forget(self, conversation_id: str) -> None:
         self._published.pop(conversation_id, None)
+        self.recent.forget(conversation_id)
 
     def add(self, sub: Subscription) -> None:
         self._subs.setdefault(sub.conversation_id, set()).add(sub)
@@ -120,6 +124,7 @@ class Hub:
 
     def _publish_batch(self, batch: Batch) -> None:
         self._published[batch.conversation_id] = batch.last_seq
+        self.recent.add(batch.events)
         subs = self._subs.get(batch.conversation_id)
         if not subs:
             return

@@ -296,9 +296,23 @@ class Sink(ABC):
             return
         published = self.hub.published_seq(sub.conversation_id)
         page = self.policy.catchup_page
-        rows = await self.store.read_events(
-            sub.conversation_id, sub.written_seq, page, run_id=sub.run_id
-        )
+        cached = self.hub.recent.after(sub.conversation_id, sub.written_seq, page)
+        if cached is not None:
+            # From memory: the hub's own objects (frames already built), no store round trip.
+            # ``published`` is read in the same step, so the page covers up to it.
+            scanned = cached[-1].seq if cached else sub.written_seq
+            rows = cached if sub.run_id is None else [
+                e for e in cached if e.run_id == sub.run_id
+            ]
+            short = len(cached) < page
+            merge = False  # shared frames are cheap; merging would decode per sink
+        else:
+            rows = await self.store.read_events(
+                sub.conversation_id, sub.written_seq, page, run_id=sub.run_id
+            )
+            scanned = rows[-1].seq if rows else sub.written_seq
+            short = len(rows) < page
+            merge = sub.merge
         if sub.ended or self.closed:
             return
         done_at: int | None = None
@@ -309,16 +323,16 @@ class Sink(ABC):
                     rows = [e for e in rows if e.seq <= ev.seq]
                     break
         if rows:
-            out = merge_chunks(rows) if sub.merge else rows
+            out = merge_chunks(rows) if merge else rows
             if len(out) < len(rows):
                 metrics.MERGED.labels(self.transport).inc(len(rows) - len(out))
             await self._timed_write(self.frames(out))
-            sub.written_seq = rows[-1].seq
             self._delivered(len(out))
         if done_at is not None and sub.ends_on_done:
             self._drop(sub)
             return
-        if len(rows) < page and published > sub.written_seq:
+        sub.written_seq = max(sub.written_seq, scanned if done_at is None else done_at)
+        if short and published > sub.written_seq:
             # Read everything committed when the read began: scanned through ``published``.
             sub.written_seq = published
         if sub.written_seq >= self.hub.published_seq(sub.conversation_id):

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import LiveServer, ServerFactory, url
 from tests.sse_client import EventSource, iter_frames, read_events
@@ -65,9 +66,12 @@ async def test_post_runs_streams_sse_with_headers_and_ask_round_trip(
     assert seen[-2]["data"]["text"] == "You answered: yes"
 
 
+@pytest.mark.parametrize("replay_cache_bytes", [64 * 1024 * 1024, 0])
 async def test_flaky_event_source_gets_every_event_once_then_204(
-    server: LiveServer, http: aiohttp.ClientSession
+    start_server: ServerFactory, http: aiohttp.ClientSession, replay_cache_bytes: int
 ) -> None:
+    """Both catch-up sources: the in-memory window and (with it off) the store."""
+    server = await start_server(replay_cache_bytes=replay_cache_bytes)
     run = await start(http, server, input={"tokens": 60, "delay_ms": 2})
     es = EventSource(http, url(server, run["events_url"]))
     for _ in range(200):

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -51,12 +52,13 @@ def stored_count(raw: bytes) -> int:
     return len(frame_ids(raw)) + sum(int(m) - 1 for m in re.findall(rb'"merged":(\d+)', raw))
 
 
+@pytest.mark.parametrize("replay_cache_bytes", [64 * 1024 * 1024, 0])
 async def test_stalled_reader_costs_the_fast_ones_nothing_and_later_gets_everything(
-    start_server: ServerFactory,
+    start_server: ServerFactory, replay_cache_bytes: int
 ) -> None:
     bound = 1024 * 1024
     server = await start_server(queue_events=4000, queue_bytes=bound, write_timeout=60,
-                                store_batch=1000)
+                                store_batch=1000, replay_cache_bytes=replay_cache_bytes)
     st = server.app[STATE]
     stalled = aiohttp.ClientSession(read_bufsize=4096)
     fast = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
