@@ -103,6 +103,7 @@ class Sink(ABC):
         self._draining = False
         self.delivered = 0
         self._last_delivery = time.monotonic()
+        self._delivered_metric = metrics.DELIVERED.labels(self.transport)
         self.log = log.bind(connection_id=connection_id, transport=self.transport)
 
     # ---- subscriptions ------------------------------------------------------------------
@@ -200,6 +201,12 @@ class Sink(ABC):
         metrics.CONNECTIONS.labels(self.transport).inc()
         lifetime = self.policy.max_lifetime
         deadline = time.monotonic() + lifetime if lifetime > 0 else None
+        # One timer for the whole lifetime, not one per sleep: a per-sleep timeout costs a
+        # timer-heap push and cancel on every wake-up, i.e. per subscriber per event.
+        lifetime_timer = (
+            asyncio.get_running_loop().call_later(lifetime, self._wake.set)
+            if deadline is not None else None
+        )
         try:
             while not self.closed:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -234,24 +241,24 @@ class Sink(ABC):
                 self.hub.remove(sub)
             self.subs.clear()
             self._queue.clear()
+            if lifetime_timer is not None:
+                lifetime_timer.cancel()
             metrics.CONNECTIONS.labels(self.transport).dec()
 
     async def _sleep(self, deadline: float | None) -> None:
+        """Wait for an offer, a close, or the lifetime timer armed in ``run``."""
         self._wake.clear()
         idle = self.policy.idle_timeout
-        wake_at = deadline
-        if idle > 0:
-            idle_at = self._last_delivery + idle
-            if time.monotonic() >= idle_at:
-                self.close("idle_timeout")
-                return
-            wake_at = idle_at if wake_at is None else min(wake_at, idle_at)
-        if wake_at is None:
+        if idle <= 0:
             await self._wake.wait()
+            return
+        idle_at = self._last_delivery + idle
+        if time.monotonic() >= idle_at:
+            self.close("idle_timeout")
             return
         try:
             async with asyncio.timeout_at(asyncio.get_running_loop().time() + (
-                wake_at - time.monotonic()
+                idle_at - time.monotonic()
             )):
                 await self._wake.wait()
         except TimeoutError:
@@ -278,12 +285,23 @@ class Sink(ABC):
     def _delivered(self, count: int) -> None:
         self.delivered += count
         self._last_delivery = time.monotonic()
-        metrics.DELIVERED.labels(self.transport).inc(count)
+        self._delivered_metric.inc(count)
 
     async def _timed_write(self, data: bytes) -> None:
+        """Write; only a write that has to wait for the peer runs under ``write_timeout``.
+
+        Arming a timeout costs a timer per write, i.e. per subscriber per event, so the
+        common case (the transport takes the bytes at once) goes through ``write_nowait``.
+        """
+        written = self.write_nowait(data)
+        if written:
+            return
         try:
             async with asyncio.timeout(self.policy.write_timeout):
-                await self.write(data)
+                if written is None:
+                    await self.write(data)
+                else:
+                    await self.drain()
         except TimeoutError:
             metrics.PEERS_DROPPED.labels(self.transport, "write_timeout").inc()
             self.close("write_timeout")
@@ -334,6 +352,16 @@ class Sink(ABC):
     @abstractmethod
     async def write(self, data: bytes) -> None:
         """Write pre-built frames; raise ConnectionError if the peer is gone."""
+
+    def write_nowait(self, data: bytes) -> bool | None:
+        """Hook: write without awaiting. True: done; False: written, but the transport is
+        over its high-water mark, so ``drain`` must be awaited; None: not supported here,
+        ``write`` is used instead. Raise ConnectionError if the peer is gone."""
+        return None
+
+    async def drain(self) -> None:
+        """Wait until the transport is back under its high-water mark (with write_nowait)."""
+        raise NotImplementedError
 
     @abstractmethod
     def abort(self) -> None:
