@@ -53,22 +53,30 @@ def make_event(seq: int, done: bool = False, ts: int | None = None) -> EncodedEv
     ))
 
 
+class Block:
+    """Events offered together, with their frames joined once for all subscribers."""
+
+    __slots__ = ("events", "sse", "ws")
+
+    def __init__(self, events: list[EncodedEvent]) -> None:
+        self.events = events
+        self.sse = b"".join([ev.sse for ev in events])
+        self.ws = b"".join([ev.ws for ev in events])
+
+
 class Subscriber:
-    """A queue of blocks (lists of events) and the writer that empties it."""
+    """A queue of blocks and the writer that empties it."""
 
     def __init__(self, coalesce: bool, transport: str) -> None:
         self.coalesce = coalesce
         self.transport = transport
-        self.queue: deque[list[EncodedEvent]] = deque()
+        self.queue: deque[Block] = deque()
         self.wake = asyncio.Event()
         self.finished = False
 
-    def offer(self, block: list[EncodedEvent]) -> None:
+    def offer(self, block: Block) -> None:
         self.queue.append(block)
         self.wake.set()
-
-    def frame(self, ev: EncodedEvent) -> bytes:
-        return ev.sse if self.transport == "sse" else ev.ws
 
 
 class Baseline:
@@ -130,10 +138,10 @@ class Baseline:
                     continue
                 blocks = list(sub.queue)
                 sub.queue.clear()
-                events = [ev for block in blocks for ev in block]
+                events = [ev for block in blocks for ev in block.events]
                 if sub.coalesce:
-                    data = b"".join([ev.sse if sub.transport == "sse" else ev.ws for ev in events])
-                    await write(data)
+                    blobs = [b.sse if sub.transport == "sse" else b.ws for b in blocks]
+                    await write(blobs[0] if len(blobs) == 1 else b"".join(blobs))
                 elif payload:
                     for ev in events:
                         await write(b'{"type":"event","event":' + ev.body + b"}")
@@ -161,18 +169,16 @@ class Baseline:
             interval = 1.0 / float(rate)
             due = time.monotonic()
             for seq in range(1, events + 1):
-                ev = make_event(seq, done=seq == events)
+                block = Block([make_event(seq, done=seq == events)])
                 for sub in subs:
-                    sub.offer([ev])
+                    sub.offer(block)
                 due += interval
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
             return
         ts = int(time.time() * 1000)
         all_events = [make_event(seq, seq == events, ts) for seq in range(1, events + 1)]
         for start in range(0, events, batch):
-            block = all_events[start:start + batch]
-            for ev in block:  # build frames once, before fan-out (as the product's Batch)
-                _ = ev.sse, ev.ws
+            block = Block(all_events[start:start + batch])
             for sub in subs:
                 sub.offer(block)
             await asyncio.sleep(0)

@@ -366,9 +366,10 @@ def _ws_client_frame(payload: bytes, opcode: int = 1) -> bytes:
 class _Conn(asyncio.Protocol):
     """One HTTP/1.1 SSE or WebSocket client connection that counts what it receives."""
 
-    def __init__(self, worker: _Worker, sub: Sub) -> None:
+    def __init__(self, worker: _Worker, sub: Sub, result: ConnResult) -> None:
         self.w = worker
         self.sub = sub
+        self.result = result
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.status: int | None = None
@@ -377,7 +378,6 @@ class _Conn(asyncio.Protocol):
         self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.finished = False
-        self.finished_at: float | None = None
 
     # -- asyncio.Protocol --
 
@@ -455,7 +455,7 @@ class _Conn(asyncio.Protocol):
     def _finish(self) -> None:
         if not self.finished:
             self.finished = True
-            self.finished_at = time.monotonic()
+            self.result.finished = time.monotonic()
             self.w.on_finished()
 
     # -- body scanning --
@@ -594,12 +594,12 @@ class _Worker:
         if self.finished >= len(self.job.subs) and not self.job.idle:
             self.all_done.set()
 
-    async def _open(self, sub: Sub) -> _Conn | None:
+    async def _open(self, sub: Sub, result: ConnResult) -> _Conn | None:
         loop = asyncio.get_running_loop()
         for attempt in range(5):
             try:
                 _, conn = await loop.create_connection(
-                    lambda: _Conn(self, sub), self.job.host, self.job.port
+                    lambda: _Conn(self, sub, result), self.job.host, self.job.port
                 )
                 self.conns.append(conn)
                 async with asyncio.timeout(30):
@@ -613,16 +613,15 @@ class _Worker:
 
     async def _hold(self, sub: Sub, sem: asyncio.Semaphore, ready: list[int]) -> None:
         """Open, then keep reconnecting until the run's done arrives (or we are stopped)."""
-        async with sem:
-            started = time.monotonic()
-            conn = await self._open(sub)
-        result = ConnResult(started, None, 0)
+        result = ConnResult(0.0, None, 0)
         self.results.append(result)
+        async with sem:
+            result.started = time.monotonic()
+            conn = await self._open(sub, result)
         ready.append(1 if conn is not None and conn.status in (101, 200, 204) else 0)
         while conn is not None:
             await conn.closed
             if conn.finished:
-                result.finished = conn.finished_at
                 return
             if self.job.idle or self.stop_requested:
                 return
@@ -634,7 +633,7 @@ class _Worker:
             run_id = (self.run_ids or {}).get(id(conn))
             sub = self._resume_sub(sub, run_id)
             await asyncio.sleep(0.05)
-            conn = await self._open(sub)
+            conn = await self._open(sub, result)
         self.on_finished()
 
     def _resume_sub(self, sub: Sub, run_id: str | None) -> Sub:
