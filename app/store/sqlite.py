@@ -150,47 +150,51 @@ class SqliteEventStore(EventStore):
                 "AND seq>? AND seq<=? AND run_id=? ORDER BY seq LIMIT ?"
             )
             args = (conversation_id, after, upper, run_id, limit)
-        async with self._reader.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self._read(sql, args)
         return [
             EncodedEvent(seq, typ, conversation_id, rid, bytes(body), item_id)
             for seq, typ, rid, item_id, body in rows
         ]
 
     async def last_seq(self, conversation_id: str) -> int:
-        async with self._reader.execute(
-            "SELECT max(seq) FROM events WHERE conversation_id=?", (conversation_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._read_one("SELECT max(seq) FROM events WHERE conversation_id=?",
+                                   (conversation_id,))
         return int(row[0]) if row and row[0] is not None else 0
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        async with self._reader.execute("SELECT record FROM runs WHERE id=?", (run_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._read_one("SELECT record FROM runs WHERE id=?", (run_id,))
         return _run_decoder.decode(row[0]) if row else None
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
-        async with self._reader.execute(
-            "SELECT record FROM conversations WHERE id=?", (conversation_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._read_one("SELECT record FROM conversations WHERE id=?",
+                                   (conversation_id,))
         return _conv_decoder.decode(row[0]) if row else None
 
     async def unfinished_runs(self) -> list[RunRecord]:
         marks = ",".join("?" * len(UNFINISHED))
-        async with self._reader.execute(
-            f"SELECT record FROM runs WHERE status IN ({marks})", UNFINISHED
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await self._read(f"SELECT record FROM runs WHERE status IN ({marks})", UNFINISHED)
         return [_run_decoder.decode(r[0]) for r in rows]
 
     async def count_run_events(self, run: RunRecord) -> int:
-        async with self._reader.execute(
+        row = await self._read_one(
             "SELECT count(*) FROM events WHERE conversation_id=? AND seq>=? AND run_id=?",
             (run.conversation_id, run.first_seq, run.run_id),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         return int(row[0]) if row else 0
+
+    async def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
+        """Run and fetch in one hop to the reader thread.
+
+        A statement left open across hops (execute, then fetch) keeps the connection's read
+        transaction open, and any read queued in between joins that older snapshot: it
+        would miss commits already published to the hub, and a catching-up sink would skip
+        them (a gap in its stream). One hop per read gives each read its own snapshot.
+        """
+        return list(await self._reader.execute_fetchall(sql, args))
+
+    async def _read_one(self, sql: str, args: Sequence[Any]) -> Any:
+        rows = await self._read(sql, args)
+        return rows[0] if rows else None
 
     async def _expire(self, db: aiosqlite.Connection, cutoff: int) -> list[str]:
         marks = ",".join("?" * len(UNFINISHED))
