@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_by_conversation ON runs(conversation_id);
+-- A rowid table plus a unique index, not a WITHOUT ROWID table keyed on (conversation, seq):
+-- rows then append in commit order, and only the small index entries land in each
+-- conversation's place, so interleaved conversations insert ~2x faster (P6, 500 runs).
+-- A file made with the older layout keeps it and works unchanged (same columns).
 CREATE TABLE IF NOT EXISTS events (
     conversation_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -59,9 +63,9 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL,
     item_id TEXT,
     ts INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (conversation_id, seq)
-) WITHOUT ROWID;
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_seq ON events(conversation_id, seq);
 """
 
 # Rows per multi-row INSERT (7 parameters each; capped by the library's variable limit).
