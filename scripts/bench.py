@@ -198,7 +198,10 @@ def latency_run(ctx: Ctx, server: ServerProc, subs: list[Sub], trigger: Callable
             raise RuntimeError(f"only {opened}/{len(subs)} subscribers connected")
         time.sleep(0.5)
         trigger()
-        return pool.wait_final(timeout + 30)
+        res = pool.wait_final(timeout + 30)
+    if res.errors:
+        raise RuntimeError(f"{res.errors} client errors: {res.error_samples[:3]}")
+    return res
 
 
 def p2(ctx: Ctx) -> list[Row]:
@@ -528,6 +531,8 @@ def p6(ctx: Ctx) -> list[Row]:
         with ClientPool(job, ctx.procs) as pool:
             pool.wait_ready(120)
             res = pool.wait_final(ideal * 20 + 90)
+    if res.errors:
+        raise RuntimeError(f"{res.errors} client errors: {res.error_samples[:3]}")
     walls = [f - s for s, f, _ in res.results if f is not None]
     if len(walls) < runs:
         raise RuntimeError(f"only {len(walls)}/{runs} runs finished; {res.error_samples[:3]}")

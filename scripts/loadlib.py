@@ -331,6 +331,8 @@ class ClientJob:
     # Idle mode: connections never "finish"; the worker holds them until told to stop.
     idle: bool = False
     connect_concurrency: int = 64
+    # Each stream holds exactly one whole run: check its count against done.data.events.
+    check_complete: bool = True
     progress_interval: float = 0.0
     timeout: float = 120.0
 
@@ -339,6 +341,7 @@ class ClientJob:
 _TS_RE = re.compile(rb'"ts":(\d+)[,}]')
 _MERGED_RE = re.compile(rb'"merged":(\d+)')
 _RUN_RE = re.compile(rb'"run_id":"([A-Za-z0-9_-]+)"')
+_DONE_EVENTS_RE = re.compile(rb'"type":"done","data":\{"status":"\w+","events":(\d+)')
 _SEQ_TAIL = b',"seq":'
 SSE_DONE = b"\nevent: done\n"
 WS_EVENT = b'{"type":"event","event":'
@@ -370,6 +373,9 @@ class _Conn(asyncio.Protocol):
         self.w = worker
         self.sub = sub
         self.result = result
+        # A stream that starts right before its run (the subscriber's ``after`` is the
+        # previous run's done, or it started the run) must carry exactly the run's events.
+        self.expect_whole_run = worker.job.check_complete
         self.transport: asyncio.Transport | None = None
         self.head = b""
         self.status: int | None = None
@@ -538,6 +544,7 @@ class _Conn(asyncio.Protocol):
                 w.first_event = now
             w.events += events
             w.last_event = now
+            self.result.events += events
         if w.job.latency:
             now_ms = time.time() * 1000.0
             hist = w.hist
@@ -549,15 +556,23 @@ class _Conn(asyncio.Protocol):
             if m:
                 w.run_ids[id(self)] = m.group(1).decode()
         if done:
+            # done.data.events counts the run's events: a lossless stream got exactly that.
+            m = _DONE_EVENTS_RE.search(buf, 0, end)
+            if m and int(m.group(1)) != self.result.events and self.expect_whole_run:
+                w.error(f"incomplete stream: {self.result.events} of {int(m.group(1))} events "
+                        f"on {self.sub.path}")
             self._finish()
             self.close()
 
 
 @dataclass
 class ConnResult:
+    """One subscriber across its reconnects: timing, and events got vs the run's own count."""
+
     started: float
     finished: float | None
     reconnects: int
+    events: int = 0
 
 
 class _Worker:
