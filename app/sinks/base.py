@@ -18,12 +18,12 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 
 from app import metrics
-from app.engine.hub import Batch, Hub, Transport, frames_of
+from app.engine.hub import Batch, Blob, Hub, Transport, frames_of
 from app.sinks.merge import merge_chunks
 from app.sinks.policy import SinkPolicy
 
@@ -98,6 +98,9 @@ class Sink(ABC):
         self._queued_events = 0
         self._queued_bytes = 0
         self._wake = asyncio.Event()
+        # True while the writer task waits in ``_sleep`` with nothing to do (see _write_now).
+        self._parked = False
+        self._must_drain = False
         self.closed = False
         self.close_reason: str | None = None
         self._draining = False
@@ -153,6 +156,8 @@ class Sink(ABC):
                 # Nothing of this run in the batch and nothing pending: scanned past it.
                 sub.written_seq = batch.last_seq
             return
+        if self._parked and self._write_now(sub, blob):
+            return
         self._queued_events += blob.count
         self._queued_bytes += len(blob.data)
         if (
@@ -163,6 +168,34 @@ class Sink(ABC):
             return
         self._queue.append(_Item(sub, blob.data, blob.count, blob.last_seq, blob.done_run))
         self._wake.set()
+
+    def _write_now(self, sub: Subscription, blob: Blob) -> bool:
+        """Write a live batch from the hub's callback while the writer task is parked.
+
+        The task is parked only with nothing queued, lagging or in flight, so writing here
+        keeps the order, and saves the task wake-up (Event, call_soon, task step), which
+        profiled at about a third of the per-subscriber cost of a fan-out. False when the
+        transport has no non-blocking write (the queue path is used).
+        """
+        try:
+            ready = self.write_nowait(blob.data)
+        except (ConnectionError, RuntimeError):
+            self.close("disconnected")
+            return True
+        if ready is None:
+            return False
+        if blob.last_seq > sub.written_seq:
+            sub.written_seq = blob.last_seq
+        self._delivered(blob.count)
+        if blob.done_run and sub.ends_on_done and not sub.ended:
+            self._drop(sub)
+        if not ready:
+            # Over the high-water mark: the task drains (under write_timeout) before any
+            # further write, and nothing more is written from here until it parks again.
+            self._must_drain = True
+            self._parked = False
+            self._wake.set()
+        return True
 
     def _overflow(self) -> None:
         """Drop the queue; every subscription catches up from the store instead."""
@@ -209,6 +242,10 @@ class Sink(ABC):
         )
         try:
             while not self.closed:
+                if self._must_drain:
+                    self._must_drain = False
+                    await self._timed_drain()
+                    continue
                 if deadline is not None and time.monotonic() >= deadline:
                     await self.on_lifetime_over()
                     self.close("max_lifetime")
@@ -249,20 +286,24 @@ class Sink(ABC):
         """Wait for an offer, a close, or the lifetime timer armed in ``run``."""
         self._wake.clear()
         idle = self.policy.idle_timeout
-        if idle <= 0:
-            await self._wake.wait()
-            return
-        idle_at = self._last_delivery + idle
-        if time.monotonic() >= idle_at:
-            self.close("idle_timeout")
-            return
+        self._parked = True
         try:
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + (
-                idle_at - time.monotonic()
-            )):
+            if idle <= 0:
                 await self._wake.wait()
-        except TimeoutError:
-            pass
+                return
+            idle_at = self._last_delivery + idle
+            if time.monotonic() >= idle_at:
+                self.close("idle_timeout")
+                return
+            try:
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + (
+                    idle_at - time.monotonic()
+                )):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+        finally:
+            self._parked = False
 
     async def _drain(self) -> None:
         """Write everything queued in one transport write."""
@@ -296,17 +337,27 @@ class Sink(ABC):
         written = self.write_nowait(data)
         if written:
             return
+        if written is not None:
+            await self._timed_drain()
+            return
         try:
             async with asyncio.timeout(self.policy.write_timeout):
-                if written is None:
-                    await self.write(data)
-                else:
-                    await self.drain()
+                await self.write(data)
         except TimeoutError:
-            metrics.PEERS_DROPPED.labels(self.transport, "write_timeout").inc()
-            self.close("write_timeout")
-            self.abort()
-            raise SinkClosed from None
+            self._write_timed_out()
+
+    async def _timed_drain(self) -> None:
+        try:
+            async with asyncio.timeout(self.policy.write_timeout):
+                await self.drain()
+        except TimeoutError:
+            self._write_timed_out()
+
+    def _write_timed_out(self) -> NoReturn:
+        metrics.PEERS_DROPPED.labels(self.transport, "write_timeout").inc()
+        self.close("write_timeout")
+        self.abort()
+        raise SinkClosed from None
 
     async def _catch_up_page(self, sub: Subscription) -> None:
         """Replay one page from the store; join live when caught up with the hub."""
