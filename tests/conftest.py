@@ -15,7 +15,6 @@ from app.server import create_app
 from app.sinks.policy import SinkPolicy
 
 
-
 class LiveServer:
     """The app on a real socket, run the way ``python -m app`` runs it (AppRunner, no
     handler cancellation), unlike aiohttp's TestServer."""

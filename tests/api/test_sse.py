@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+
 from tests.conftest import LiveServer, ServerFactory, url
 from tests.sse_client import EventSource, iter_frames, read_events
 
@@ -148,12 +149,12 @@ async def test_vanished_client_is_removed_within_a_heartbeat(
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")
     deadline = time.monotonic() + 5
-    while not st.sinks and time.monotonic() < deadline:
+    while not st.sinks and time.monotonic() < deadline:  # noqa: ASYNC110 - polling server state
         await asyncio.sleep(0.01)
     assert len(st.sinks) == 1
     writer.transport.abort()  # the client vanishes without a goodbye
     gone_at = time.monotonic()
-    while st.sinks and time.monotonic() < deadline:
+    while st.sinks and time.monotonic() < deadline:  # noqa: ASYNC110 - polling server state
         await asyncio.sleep(0.02)
     assert not st.sinks, "sink not removed"
     assert time.monotonic() - gone_at < 0.3 * 2 + 0.5
