@@ -597,6 +597,7 @@ class _Worker:
         self.results: list[ConnResult] = []
         self.run_ids: dict[int, str] | None = {}
         self.conns: list[_Conn] = []
+        self.cpu_at_ready = time.process_time()
 
     def error(self, text: str) -> None:
         self.errors += 1
@@ -694,6 +695,7 @@ class _Worker:
                 await asyncio.sleep(0.02)
             self.out.put(("ready", self.wid, {"ok": sum(ready), "errors": self.errors,
                                              "error_samples": self.error_samples}))
+            self.cpu_at_ready = time.process_time()
             next_progress = time.monotonic() + job.progress_interval
             while not self.stop_requested and time.monotonic() < deadline:
                 if self.all_done.is_set() or (holders and all(h.done() for h in holders)
@@ -717,6 +719,7 @@ class _Worker:
                 total_events=self.events, first_event=self.first_event,
                 last_event=self.last_event, hist_total=self.hist, error_samples=self.error_samples,
                 results=[(r.started, r.finished, r.reconnects) for r in self.results],
+                cpu=time.process_time() - self.cpu_at_ready,
             )
             self.out.put(("final", self.wid, final))
 
@@ -740,6 +743,8 @@ class PoolResult:
     last_event: float | None = None
     results: list[tuple[float, float | None, int]] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
+    # CPU seconds the client workers spent after their connections were open.
+    client_cpu: float = 0.0
 
     @property
     def finished(self) -> int:
@@ -833,6 +838,7 @@ class ClientPool:
             merge_hist(res.hist, msg["hist_total"])
             res.results.extend(msg["results"])
             res.error_samples.extend(msg["error_samples"])
+            res.client_cpu += float(msg["cpu"])
             for key, pick in (("first_event", min), ("last_event", max)):
                 v = msg[key]
                 if v is not None:
