@@ -34,7 +34,7 @@ from loadlib import (
     Transport,
     baseline_server,
     http_json,
-    kernel_tcp_mem,
+    kernel_mem,
     machine,
     product_server,
     raise_nofile,
@@ -209,18 +209,20 @@ def p1_ws(ctx: Ctx) -> list[Row]:
 
 
 def latency_run(ctx: Ctx, server: ServerProc, subs: list[Sub], trigger: Callable[[], None],
-                timeout: float) -> PoolResult:
+                timeout: float) -> Fanout:
     job = ClientJob(HOST, server.port, "sse", subs, latency=True, timeout=timeout)
     with ClientPool(job, ctx.procs) as pool:
         opened = pool.wait_ready(timeout)
         if opened < len(subs):
             raise RuntimeError(f"only {opened}/{len(subs)} subscribers connected")
         time.sleep(0.5)
+        cpu0, t0 = server.cpu(), time.monotonic()
         trigger()
         res = pool.wait_final(timeout + 30)
+        cpu1 = server.cpu()
     if res.errors:
         raise RuntimeError(f"{res.errors} client errors: {res.error_samples[:3]}")
-    return res
+    return Fanout(res, (res.last_event or time.monotonic()) - t0, cpu1 - cpu0)
 
 
 def p2(ctx: Ctx) -> list[Row]:
@@ -236,7 +238,7 @@ def p2(ctx: Ctx) -> list[Row]:
         subs = [Sub(f"/v1/conversations/{cid}/events", last_event_id=after) for _ in range(n)]
         demo = {"text": "latency", "tokens": tokens, "delay_ms": 1000 / rate,
                 "reasoning": False, "tool_call": False}
-        res = latency_run(ctx, server, subs, lambda: start_run(server.url, demo, cid),
+        got = latency_run(ctx, server, subs, lambda: start_run(server.url, demo, cid),
                           seconds * 20 + 60)
     ctx.log(f"{label}: baseline (minimal aiohttp, coalesced writes, same rate)")
     with baseline_server(ctx.workdir) as base:
@@ -244,7 +246,8 @@ def p2(ctx: Ctx) -> list[Row]:
         subs = [Sub("/sse?write=coalesced") for _ in range(n)]
         bres = latency_run(ctx, base, subs, lambda: http_json(
             "POST", base.url + "/go", {"events": tokens + 3, "rate": rate}), seconds * 20 + 60)
-    lat, blat = summarize_hist(res.hist), summarize_hist(bres.hist)
+    res = got.res
+    lat, blat = summarize_hist(res.hist), summarize_hist(bres.res.hist)
     achieved = _achieved_rate(res, n)
     rows = []
     for q in ("p50", "p95", "p99"):
@@ -255,9 +258,9 @@ def p2(ctx: Ctx) -> list[Row]:
             target = "< 50 ms at 200 ev/s"
             ok = v is not None and v < 50 and achieved >= 0.9 * rate
         rows.append(Row(label, f"publish->receive {q}", v, "ms", {"minimal aiohttp": b or 0.0},
-                        f"+{v - b:.0f} ms" if v is not None and b is not None else "", target,
-                        ok, f"offered {rate}/s, run produced {achieved:.0f}/s"
-                        if q == "p99" else ""))
+                        f"{v - b:+.0f} ms" if v is not None and b is not None else "", target,
+                        ok, f"offered {rate}/s, run produced {achieved:.0f}/s; "
+                        f"{got.cpu_note()}" if q == "p99" else ""))
     return rows
 
 
@@ -279,20 +282,21 @@ def idle_measure(ctx: Ctx, server: ServerProc, subs: list[Sub], window: float,
         time.sleep(0.5)
         pool.stop()
     time.sleep(1.0)
-    rss0, kmem0 = server.rss(), kernel_tcp_mem()
+    rss0, kmem0 = server.rss(), kernel_mem()
     job = ClientJob(HOST, server.port, "sse", subs, idle=True, timeout=600,
                     connect_concurrency=64)
     with ClientPool(job, ctx.procs) as pool:
         opened = pool.wait_ready(300)
         time.sleep(2.0)
-        rss1, kmem1 = server.rss(), kernel_tcp_mem()
+        rss1, kmem1 = server.rss(), kernel_mem()
         cpu0, t0 = server.cpu(), time.monotonic()
         time.sleep(window)
         cpu1, t1 = server.cpu(), time.monotonic()
         res = pool.stop()
     n = max(1, opened)
+    # Both ends of each loopback connection are on this machine: half is the server's.
     return {"opened": opened, "rss_per_conn": (rss1 - rss0) / n, "kernel_per_conn":
-            (kmem1 - kmem0) / n, "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
+            (kmem1 - kmem0) / n / 2, "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
             "cpu_s": cpu1 - cpu0, "window": t1 - t0, "errors": res.errors}
 
 
@@ -321,8 +325,9 @@ def p3(ctx: Ctx) -> list[Row]:
                              [Sub("/hold") for _ in range(20)])
     over = (prod["rss_per_conn"] - floor["rss_per_conn"]) / 1024
     pings = n * window / hb
-    note = (f"{prod['opened']:.0f}/{n} open; kernel TCP buffers "
-            f"{prod['kernel_per_conn'] / 1024:.1f} KiB/conn (both ends, not in RSS)")
+    note = (f"{prod['opened']:.0f}/{n} open; the kernel's own per server socket (slab + TCP "
+            f"buffers, not in RSS) {prod['kernel_per_conn'] / 1024:.1f} KiB; target read as "
+            "RSS per connection minus the bare-asyncio floor")
     return [
         Row(label, "server RSS per connection", prod["rss_per_conn"] / 1024, "KiB",
             {"minimal aiohttp": mini["rss_per_conn"] / 1024,
@@ -596,7 +601,7 @@ def p6(ctx: Ctx) -> list[Row]:
     mean, bmean = statistics.fmean(over), statistics.fmean(bover)
     p95 = sorted(over)[int(0.95 * (len(over) - 1))]
     return [Row(label, "run time over its token delays (mean)", mean, "%",
-                {"bare asyncio sleeps": bmean}, f"+{mean - bmean:.1f} pts", "< 10 %",
+                {"bare asyncio sleeps": bmean}, f"{mean - bmean:+.1f} pts", "< 10 %",
                 mean < 10, f"p95 {p95:.1f} %, max {max(over):.1f} %; ideal {ideal:g} s/run; "
                 f"{res.events:,} events")]
 

@@ -100,14 +100,19 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def kernel_tcp_mem() -> int:
-    """Bytes of socket buffer memory the kernel holds for TCP (``/proc/net/sockstat``)."""
+def kernel_mem() -> int:
+    """Kernel memory that grows with sockets: slab (sock, file, inode...) plus TCP buffer
+    pages (``/proc/meminfo`` Slab + ``/proc/net/sockstat`` TCP mem). Not part of any RSS."""
+    total = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("Slab:"):
+                total += int(line.split()[1]) * 1024
         for line in Path("/proc/net/sockstat").read_text().splitlines():
             if line.startswith("TCP:"):
                 parts = line.split()
-                return int(parts[parts.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
-    return 0
+                total += int(parts[parts.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE")
+    return total
 
 
 # ---- servers under test ---------------------------------------------------------------------
@@ -384,6 +389,7 @@ class _Conn(asyncio.Protocol):
         self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.finished = False
+        self.tail: tuple[bytes, int] | None = None
 
     # -- asyncio.Protocol --
 
@@ -468,21 +474,21 @@ class _Conn(asyncio.Protocol):
 
     def _sse(self, data: bytes) -> None:
         buf = self.rest + data if self.rest else data
+        if buf.endswith(b"0\r\n\r\n") and buf.endswith(b"\r\n0\r\n\r\n"):
+            # The last chunk: the server ended the response (e.g. max lifetime) but keeps
+            # the connection alive; close it so the stream reconnects now.
+            self.close()
         cut = buf.rfind(b"\n\n")
         if cut < 0:
             self.rest = buf
             return
         cut += 2
         self.rest = buf[cut:]
-        # Every frame ends in a blank line; retry-only frames are not events. Chunked
-        # transfer framing (\r\n around whole writes) never forms b"\n\n".
-        events = buf.count(b"\n\n", 0, cut) - buf.count(b"retry: ", 0, cut)
+        # Complete frames only (up to the last blank line); each event frame has one
+        # "id:" line, after a newline (of the previous frame or of the chunk framing).
+        events = buf.count(b"\nid: ", 0, cut)
         if buf.find(b'"merged":', 0, cut) >= 0:
             events += sum(int(m) - 1 for m in _MERGED_RE.findall(buf, 0, cut))
-        i = buf.rfind(b"\nid: ", 0, cut)
-        if i >= 0:
-            j = buf.find(b"\n", i + 5)
-            self.sub.last_event_id = int(buf[i + 5: j])
         self._account(buf, cut, events, buf.find(SSE_DONE, 0, cut) >= 0)
 
     def _ws(self, data: bytes) -> None:
@@ -517,13 +523,6 @@ class _Conn(asyncio.Protocol):
         events = buf.count(WS_EVENT, 0, pos)
         if buf.find(b'"merged":', 0, pos) >= 0:
             events += sum(int(m) - 1 for m in _MERGED_RE.findall(buf, 0, pos))
-        i = buf.rfind(_SEQ_TAIL, 0, pos)
-        if i >= 0:
-            j = i + len(_SEQ_TAIL)
-            k = j
-            while buf[k:k + 1].isdigit():
-                k += 1
-            self.sub.last_event_id = int(buf[j:k])
         for frame in other:
             self._ws_control(frame[0], frame[1:])
         self._account(buf, pos, events, buf.find(WS_DONE, 0, pos) >= 0)
@@ -536,10 +535,27 @@ class _Conn(asyncio.Protocol):
         elif op == 1 and payload.startswith(b'{"type":"error"'):
             self.w.error(payload[:200].decode(errors="replace"))
 
+    def last_id(self) -> int | None:
+        """The last event seq received (parsed only when a reconnect needs it)."""
+        if self.tail is None:
+            return None
+        buf, end = self.tail
+        if self.w.job.transport == "sse":
+            i = buf.rfind(b"\nid: ", 0, end)
+            return int(buf[i + 5: buf.find(b"\n", i + 5)]) if i >= 0 else None
+        i = buf.rfind(_SEQ_TAIL, 0, end)
+        if i < 0:
+            return None
+        j = k = i + len(_SEQ_TAIL)
+        while buf[k:k + 1].isdigit():
+            k += 1
+        return int(buf[j:k])
+
     def _account(self, buf: bytes, end: int, events: int, done: bool) -> None:
         w = self.w
         now = time.monotonic()
         if events > 0:
+            self.tail = (buf, end)
             if w.first_event is None:
                 w.first_event = now
             w.events += events
@@ -646,6 +662,9 @@ class _Worker:
                 return
             result.reconnects += 1
             self.reconnects += 1
+            last = conn.last_id()
+            if last is not None:
+                sub.last_event_id = last
             run_id = (self.run_ids or {}).get(id(conn))
             sub = self._resume_sub(sub, run_id)
             await asyncio.sleep(0.05)
