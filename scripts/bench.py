@@ -33,6 +33,7 @@ from loadlib import (
     Sub,
     Transport,
     baseline_server,
+    exit_on_sigterm,
     http_json,
     kernel_mem,
     machine,
@@ -187,8 +188,11 @@ def p1(ctx: Ctx, transport: Transport = "sse") -> list[Row]:
         ctx.log(f"{label}: baseline, coalesced writes")
         floor = baseline_fanout(ctx, transport, n, tokens + 3, "coalesced")
         ratio = prod.rate / floor.rate
-        notes = [f"{prod.res.events:,}/{n * (tokens + 3):,} events", prod.cpu_note(),
-                 f"floor {floor.cpu_note()}"]
+        ns = 1e9 * prod.server_cpu / max(1, prod.res.events)
+        floor_ns = 1e9 * floor.server_cpu / max(1, floor.res.events)
+        notes = [f"{prod.res.events:,}/{n * (tokens + 3):,} events",
+                 f"server CPU per delivered event {ns:.0f} ns vs floor {floor_ns:.0f} ns",
+                 prod.cpu_note(), f"floor {floor.cpu_note()}"]
         catchups = metrics.get("agentstream_sink_catchups_total", 0)
         if catchups:
             notes.append(f"{catchups:.0f} sink overflows")
@@ -637,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in names if n not in SCENARIOS]
         if unknown:
             p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    exit_on_sigterm()
     nofile = raise_nofile()
     started = time.monotonic()
 

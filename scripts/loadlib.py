@@ -20,6 +20,7 @@ import os
 import queue
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,11 @@ SETUP_INPUT: dict[str, Any] = {
 
 
 # ---- environment ----------------------------------------------------------------------------
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the servers and workers."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def raise_nofile(want: int = 65_536) -> int:
@@ -483,7 +489,9 @@ class _Conn(asyncio.Protocol):
             self.rest = buf
             return
         cut += 2
-        self.rest = buf[cut:]
+        # Keep the blank line's last "\n" with the rest: the next frame's "id:" line must
+        # still follow a newline when a read ends right between two frames.
+        self.rest = buf[cut - 1:]
         # Complete frames only (up to the last blank line); each event frame has one
         # "id:" line, after a newline (of the previous frame or of the chunk framing).
         events = buf.count(b"\nid: ", 0, cut)

@@ -30,6 +30,7 @@ from loadlib import (
     ClientPool,
     ServerProc,
     Sub,
+    exit_on_sigterm,
     machine,
     merge_hist,
     percentile,
@@ -288,6 +289,7 @@ def print_summary(r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    exit_on_sigterm()
     raise_nofile()
     with contextlib.ExitStack() as stack:
         server: ServerProc | None = None
