@@ -253,18 +253,18 @@ def p2(ctx: Ctx) -> list[Row]:
     res = got.res
     lat, blat = summarize_hist(res.hist), summarize_hist(bres.res.hist)
     achieved = _achieved_rate(res, n)
-    rows = []
+    base_rate = _achieved_rate(bres.res, n)
+    rows = [Row(label, "events/s the run produced (offered rate)", achieved, "ev/s",
+                {"minimal aiohttp producer": base_rate}, f"{achieved / rate:.2f}x of {rate}/s",
+                f">= {0.9 * rate:.0f}/s (90 % of {rate})", achieved >= 0.9 * rate,
+                "the demo agent sleeps delay_ms after each emit, so its rate falls by whatever "
+                f"each event costs the loop; {got.cpu_note()}")]
     for q in ("p50", "p95", "p99"):
         v, b = lat[q], blat[q]
-        ok = None
-        target = ""
-        if q == "p99":
-            target = "< 50 ms at 200 ev/s"
-            ok = v is not None and v < 50 and achieved >= 0.9 * rate
         rows.append(Row(label, f"publish->receive {q}", v, "ms", {"minimal aiohttp": b or 0.0},
-                        f"{v - b:+.0f} ms" if v is not None and b is not None else "", target,
-                        ok, f"offered {rate}/s, run produced {achieved:.0f}/s; "
-                        f"{got.cpu_note()}" if q == "p99" else ""))
+                        f"{v - b:+.0f} ms" if v is not None and b is not None else "",
+                        "< 50 ms" if q == "p99" else "",
+                        (v is not None and v < 50) if q == "p99" else None))
     return rows
 
 
@@ -616,15 +616,22 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| scenario | metric | agentstream | baseline(s) | ratio | target | met |",
+    """The markdown table, with each row's note as a numbered footnote below it."""
+    out = ["| scenario | metric | agentstream | baseline(s), same run | ratio | target | met |",
            "| --- | --- | ---: | --- | --- | --- | --- |"]
+    notes: list[str] = []
     for r in rows:
         base = "<br>".join(f"{k}: {fmt(v, r.unit)}" for k, v in r.baselines.items()) or "-"
         met = {True: "yes", False: "**no**", None: "-"}[r.met]
         value = fmt(r.value, r.unit) if r.value is not None else "skipped"
-        note = f" ({r.note})" if r.note else ""
-        out.append(f"| {r.scenario} | {r.metric}{note} | {value} | {base} | {r.ratio or '-'} "
+        mark = ""
+        if r.note:
+            notes.append(r.note)
+            mark = f" [{len(notes)}]"
+        out.append(f"| {r.scenario} | {r.metric}{mark} | {value} | {base} | {r.ratio or '-'} "
                    f"| {r.target or '-'} | {met} |")
+    out.append("")
+    out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
     return "\n".join(out)
 
 
