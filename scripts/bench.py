@@ -109,7 +109,7 @@ class Fanout:
 
 
 def fanout_once(ctx: Ctx, server: ServerProc, subs: list[Sub], transport: Transport,
-                trigger: Callable[[], None], timeout: float) -> Fanout:
+                trigger: Callable[[], object], timeout: float) -> Fanout:
     """Open the subscribers, fire ``trigger`` once all are open, wait for every done."""
     job = ClientJob(HOST, server.port, transport, subs, latency=False, timeout=timeout)
     with ClientPool(job, ctx.procs) as pool:
@@ -212,7 +212,7 @@ def p1_ws(ctx: Ctx) -> list[Row]:
 # ---- P2: latency at a fixed offered rate ------------------------------------------------------
 
 
-def latency_run(ctx: Ctx, server: ServerProc, subs: list[Sub], trigger: Callable[[], None],
+def latency_run(ctx: Ctx, server: ServerProc, subs: list[Sub], trigger: Callable[[], object],
                 timeout: float) -> Fanout:
     job = ClientJob(HOST, server.port, "sse", subs, latency=True, timeout=timeout)
     with ClientPool(job, ctx.procs) as pool:
