@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
 from app.engine.hub import Hub
@@ -19,6 +20,9 @@ from app.store.base import EventStore
 from protocol.codec import sse_retry
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+# Bytes buffered in the transport above which a write waits for the peer (asyncio's default
+# high-water mark, and aiohttp's drain limit).
+WRITE_HIGH_WATER = 64 * 1024
 
 
 class SseSink(Sink):
@@ -34,9 +38,31 @@ class SseSink(Sink):
     ) -> None:
         super().__init__(hub, store, policy, connection_id)
         self.response = response
+        # The prepared response's writer: frames go straight to its transport, framed as
+        # HTTP chunks here, so a write is one ``transport.write`` with no timer and no await.
+        writer = response._payload_writer
+        self._writer = writer if isinstance(writer, StreamWriter) else None
+        self._chunked = self._writer is not None and self._writer.chunked
+        self._raw_ok = self._writer is not None and self._writer._compress is None
 
     async def write(self, data: bytes) -> None:
         await self.response.write(data)
+
+    def write_nowait(self, data: bytes) -> bool | None:
+        if not self._raw_ok or self._writer is None or not self._writer._headers_written:
+            return None  # compressed, or headers still buffered in aiohttp: its own write
+        transport = self._writer.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client has gone")
+        if self._chunked:
+            transport.write(b"".join((b"%x\r\n" % len(data), data, b"\r\n")))
+        else:
+            transport.write(data)
+        return transport.get_write_buffer_size() <= WRITE_HIGH_WATER
+
+    async def drain(self) -> None:
+        assert self._writer is not None
+        await self._writer.drain()
 
     def abort(self) -> None:
         req = self.response._req
@@ -64,11 +90,21 @@ async def open_sse(request: web.Request, policy: SinkPolicy) -> EventSourceRespo
 
 
 async def serve_sink(sink: SseSink) -> None:
-    """Run the sink until it closes or the client goes; end the ping task either way."""
-    watcher = asyncio.create_task(sink.response.wait())
-    watcher.add_done_callback(lambda _: sink.close("disconnected"))
+    """Run the sink until it closes or the client goes; end the ping task either way.
+
+    The ping task ending means the client is gone: a done-callback on it closes the sink
+    (a watcher task awaiting ``response.wait()`` did the same for ~1 KiB per connection).
+    """
+    ping = getattr(sink.response, "_ping_task", None)
+    watcher: asyncio.Task[None] | None = None
+    if isinstance(ping, asyncio.Task):
+        ping.add_done_callback(lambda _: sink.close("disconnected"))
+    else:
+        watcher = asyncio.create_task(sink.response.wait())
+        watcher.add_done_callback(lambda _: sink.close("disconnected"))
     try:
         await sink.run()
     finally:
         sink.response.stop_streaming()
-        await watcher
+        if watcher is not None:
+            await watcher

@@ -45,8 +45,16 @@ class WsSink(Sink):
         return transport
 
     async def write(self, data: bytes) -> None:
+        if not self.write_nowait(data):
+            await self.drain()
+
+    def write_nowait(self, data: bytes) -> bool:
+        """One transport write; False when the transport is over its high-water mark."""
         self._live_transport().write(data)
-        # Flow control: wait while the kernel buffer is full (aiohttp's own drain helper).
+        return not getattr(self._protocol, "_paused", False)
+
+    async def drain(self) -> None:
+        """Flow control: wait while the kernel buffer is full (aiohttp's own drain helper)."""
         protocol = self._protocol
         if getattr(protocol, "_paused", False):
             await protocol._drain_helper()

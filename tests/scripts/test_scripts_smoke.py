@@ -1,0 +1,48 @@
+"""Smoke tests for the load-test and benchmark scripts: they run from a clean checkout and
+print their table / summary. No timing assertions: the figures depend on the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def run(script: str, *args: str, timeout: float = 110) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=SCRIPTS.parent,
+    )
+
+
+def test_bench_quick_p4_prints_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = run("bench.py", "--quick", "--only", "P4", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| scenario | metric | agentstream |" in proc.stdout
+    assert "P4 store appends" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and rows[0]["value"] > 0 and rows[0]["baselines"]
+
+
+def test_loadtest_tiny_run_prints_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "lt.json"
+    png = tmp_path / "lt.png"
+    proc = run("loadtest.py", "-n", "4", "-m", "2", "--tokens", "10", "--delay-ms", "1",
+               "--client-procs", "1", "--timeout", "60", "--json", str(out), "--plot", str(png))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "delivered:" in proc.stdout and "latency publish->receive" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["subscribers_complete"] == 4 and result["errors"] == 0
+    assert result["delivered_events"] == 4 * 13  # run_started, 10 chunks, message, done
+    assert png.stat().st_size > 0
+
+
+def test_loadtest_ws_runs_or_skips_cleanly() -> None:
+    proc = run("loadtest.py", "--transport", "ws", "-n", "2", "-m", "1", "--tokens", "5",
+               "--delay-ms", "1", "--client-procs", "1", "--timeout", "60")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped" in proc.stdout or "delivered:" in proc.stdout
