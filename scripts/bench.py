@@ -33,6 +33,7 @@ from loadlib import (
     Sub,
     Transport,
     baseline_server,
+    busy_cores,
     exit_on_sigterm,
     http_json,
     kernel_mem,
@@ -650,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     exit_on_sigterm()
     nofile = raise_nofile()
+    background = busy_cores()
     started = time.monotonic()
 
     def log(text: str) -> None:
@@ -670,7 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"agentstream bench ({'quick' if args.quick else 'full'}): `{cmd.strip()}`")
     print(f"machine: {machine()}; fd limit {nofile}.")
     print(f"Server and {args.client_procs} client processes share these cores: every figure "
-          "includes the clients' CPU competing with the server's.\n")
+          "includes the clients' CPU competing with the server's. Before the run, other work "
+          f"on the box used {background:.2f} cores" + (" (figures are skewed: rerun on an idle "
+                                                      "box)" if background > 0.2 else "") + ".\n")
     print(table(rows))
     for f in failures:
         print(f"\nFAILED {f}")
@@ -678,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "command": cmd.strip(), "machine": machine(), "quick": args.quick,
-            "client_procs": args.client_procs, "rows": [asdict(r) for r in rows],
+            "client_procs": args.client_procs, "background_cores": round(background, 2),
+            "rows": [asdict(r) for r in rows],
             "failures": failures,
         }, indent=2))
     return 1 if failures else 0
