@@ -633,7 +633,7 @@ def table(rows: list[Row]) -> str:
         out.append(f"| {r.scenario} | {r.metric}{mark} | {value} | {base} | {r.ratio or '-'} "
                    f"| {r.target or '-'} | {met} |")
     out.append("")
-    out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    out += [f"- [{i}] {note}" for i, note in enumerate(notes, 1)]
     return "\n".join(out)
 
 
