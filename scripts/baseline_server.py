@@ -8,8 +8,9 @@ could do here" it says how much the product costs. Every handler writes frames b
   writes one frame per event (one ``write``/``send_frame`` each); ``coalesced`` joins what is
   queued into one write (the floor).
 - ``POST /go`` ``{"events", "batch", "rate"}``: a producer offers ``events`` message chunks and
-  a final ``done`` to every subscriber, in blocks of ``batch`` as fast as it can, or one by one
-  at ``rate`` events/s with ``ts`` stamped when each is made.
+  a final ``done`` to every subscriber, in blocks of ``batch`` as fast as it can, or at ``rate``
+  events/s on a fixed schedule (what is due when the loop gets to it goes out as one block),
+  with ``ts`` stamped when each is made.
 - ``GET /replay?events=N``: N pre-built frames in one write, then the response ends.
 - ``GET /idle``: an SSE response held open with a ``: ping`` every ``--heartbeat`` seconds.
 - ``--raw``: no aiohttp at all, a bare asyncio protocol answering SSE headers and holding the
@@ -166,14 +167,20 @@ class Baseline:
     async def _produce(self, events: int, batch: int, rate: float | None) -> None:
         subs = list(self.subs)
         if rate:
+            # Open loop, like tokens arriving from an upstream model: event k is due at
+            # start + k/rate; whatever is due when the loop gets here goes out as one block.
             interval = 1.0 / float(rate)
-            due = time.monotonic()
-            for seq in range(1, events + 1):
-                block = Block([make_event(seq, done=seq == events)])
-                for sub in subs:
-                    sub.offer(block)
-                due += interval
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            start = time.monotonic()
+            seq = 0
+            while seq < events:
+                due_now = min(events, int((time.monotonic() - start) / interval) + 1)
+                if due_now > seq:
+                    block = Block([make_event(k, done=k == events)
+                                   for k in range(seq + 1, due_now + 1)])
+                    seq = due_now
+                    for sub in subs:
+                        sub.offer(block)
+                await asyncio.sleep(max(0.0, start + seq * interval - time.monotonic()))
             return
         ts = int(time.time() * 1000)
         all_events = [make_event(seq, seq == events, ts) for seq in range(1, events + 1)]

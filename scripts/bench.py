@@ -33,6 +33,7 @@ from loadlib import (
     Sub,
     Transport,
     baseline_server,
+    busy_cores,
     exit_on_sigterm,
     http_json,
     kernel_mem,
@@ -613,6 +614,7 @@ def p6(ctx: Ctx) -> list[Row]:
 SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "P1": p1, "P1-ws": p1_ws, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6,
 }
+RUN_ORDER = ["P4", "P5", "P1", "P1-ws", "P2", "P6", "P3"]
 
 
 def table(rows: list[Row]) -> str:
@@ -631,7 +633,7 @@ def table(rows: list[Row]) -> str:
         out.append(f"| {r.scenario} | {r.metric}{mark} | {value} | {base} | {r.ratio or '-'} "
                    f"| {r.target or '-'} | {met} |")
     out.append("")
-    out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
+    out += [f"- [{i}] {note}" for i, note in enumerate(notes, 1)]
     return "\n".join(out)
 
 
@@ -650,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     exit_on_sigterm()
     nofile = raise_nofile()
+    background = busy_cores()
     started = time.monotonic()
 
     def log(text: str) -> None:
@@ -659,18 +662,23 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
         ctx = Ctx(Path(tmp), args.quick, args.client_procs, log)
-        for name in names:
+        by_name: dict[str, list[Row]] = {}
+        # The in-process store bench first, on a quiet disk; 10,000 sockets last.
+        for name in sorted(names, key=RUN_ORDER.index):
             try:
-                rows.extend(SCENARIOS[name](ctx))
+                by_name[name] = SCENARIOS[name](ctx)
             except Exception as exc:
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
                 log(f"{name} failed: {exc}")
+        rows = [row for name in names for row in by_name.get(name, [])]
     cmd = "python scripts/bench.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
                                        ).rstrip()
     print(f"agentstream bench ({'quick' if args.quick else 'full'}): `{cmd.strip()}`")
     print(f"machine: {machine()}; fd limit {nofile}.")
     print(f"Server and {args.client_procs} client processes share these cores: every figure "
-          "includes the clients' CPU competing with the server's.\n")
+          "includes the clients' CPU competing with the server's. Before the run, other work "
+          f"on the box used {background:.2f} cores" + (" (figures are skewed: rerun on an idle "
+                                                      "box)" if background > 0.2 else "") + ".\n")
     print(table(rows))
     for f in failures:
         print(f"\nFAILED {f}")
@@ -678,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "command": cmd.strip(), "machine": machine(), "quick": args.quick,
-            "client_procs": args.client_procs, "rows": [asdict(r) for r in rows],
+            "client_procs": args.client_procs, "background_cores": round(background, 2),
+            "rows": [asdict(r) for r in rows],
             "failures": failures,
         }, indent=2))
     return 1 if failures else 0

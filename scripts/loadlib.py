@@ -88,6 +88,21 @@ def machine() -> str:
 
 # ---- /proc ----------------------------------------------------------------------------------
 
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """How many cores' worth of CPU the whole machine used over ``seconds`` (/proc/stat):
+    taken before a run, it says whether other work on the box will skew the figures."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields) - idle, sum(fields)
+
+    (b0, t0), _ = sample(), time.sleep(seconds)
+    b1, t1 = sample()
+    return (os.cpu_count() or 1) * (b1 - b0) / max(1, t1 - t0)
+
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -133,6 +133,7 @@ class Sink(ABC):
         # True while the writer task waits in ``_sleep`` with nothing to do (see _write_now).
         self._parked = False
         self._must_drain = False
+        self._expired = False
         self.closed = False
         self.close_reason: str | None = None
         self._draining = False
@@ -273,7 +274,7 @@ class Sink(ABC):
         # One timer for the whole lifetime, not one per sleep: a per-sleep timeout costs a
         # timer-heap push and cancel on every wake-up, i.e. per subscriber per event.
         lifetime_timer = (
-            asyncio.get_running_loop().call_later(lifetime, self._wake.set)
+            asyncio.get_running_loop().call_later(lifetime, self._lifetime_over)
             if deadline is not None else None
         )
         try:
@@ -282,7 +283,7 @@ class Sink(ABC):
                     self._must_drain = False
                     await self._timed_drain()
                     continue
-                if deadline is not None and time.monotonic() >= deadline:
+                if self._expired or (deadline is not None and time.monotonic() >= deadline):
                     await self.on_lifetime_over()
                     self.close("max_lifetime")
                     break
@@ -300,7 +301,7 @@ class Sink(ABC):
                     await self.on_lifetime_over()
                     self.close("shutdown")
                     break
-                await self._sleep(deadline)
+                await self._sleep()
         except SinkClosed:
             pass
         except (ConnectionError, RuntimeError) as exc:
@@ -318,7 +319,11 @@ class Sink(ABC):
                 lifetime_timer.cancel()
             metrics.CONNECTIONS.labels(self.transport).dec()
 
-    async def _sleep(self, deadline: float | None) -> None:
+    def _lifetime_over(self) -> None:
+        self._expired = True
+        self._wake.set()
+
+    async def _sleep(self) -> None:
         """Wait for an offer, a close, or the lifetime timer armed in ``run``."""
         self._wake.clear()
         idle = self.policy.idle_timeout

@@ -93,3 +93,20 @@ async def test_live_subscribers_get_every_event_once_in_order(
         assert seqs == list(range(int(after) + 1, int(after) + 1 + len(seqs)))
         assert events[-1]["type"] == "done"
         assert events[-1]["data"]["events"] == len(events)
+
+
+async def test_max_lifetime_ends_an_idle_stream_with_a_retry_hint(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    """The lifetime is one timer armed per sink (no timeout per sleep): an idle stream still
+    gets its ``retry:`` and ends when the lifetime is over."""
+    server = await start_server(max_lifetime=0.5, heartbeat=30)
+    setup = await _start(http, server, input={"tokens": 0, "reasoning": False,
+                                              "tool_call": False})
+    started = time.monotonic()
+    async with http.get(url(server, f"/v1/conversations/{setup['conversation_id']}/events"),
+                        headers={"Last-Event-ID": "0"}) as resp:
+        assert resp.status == 200
+        body = await asyncio.wait_for(resp.read(), 5)
+    assert 0.4 < time.monotonic() - started < 3
+    assert body.count(b"retry: ") == 2  # the first frame, and the goodbye
