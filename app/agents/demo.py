@@ -32,6 +32,7 @@ WORDS = (
 class DemoInput(msgspec.Struct, forbid_unknown_fields=True):
     text: Annotated[str, msgspec.Meta(max_length=10_000)] = "hello"
     tokens: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 20
+    # Interval between message chunks (a fixed rate, not a pause after each one).
     delay_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 20.0
     reasoning: bool = True
     tool_call: bool = True
@@ -91,9 +92,15 @@ class DemoAgent(Agent):
                 item_id=tid,
             )
         mid = new_item_id("m")
+        # Chunks keep a fixed rate, like a model's token stream: chunk i is due at
+        # start + i * delay however long emitting took, so the run's length is the agent's
+        # own (tokens x delay) and any excess is the service's overhead.
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for i in range(input.tokens):
             if delay:
-                await asyncio.sleep(delay)
+                due += delay
+                await asyncio.sleep(max(0.0, due - loop.time()))
             await ctx.emit("message_chunk", MessageChunkData(delta=token(i)), item_id=mid)
         if input.tokens:
             # Rebuilt rather than accumulated: a million-token run holds no list of chunks.

@@ -217,7 +217,7 @@ class Sink(ABC):
         try:
             ready = self.write_nowait(blob.data)
         except (ConnectionError, RuntimeError):
-            self.close("disconnected")
+            self.close_gone()
             return True
         if ready is None:
             return False
@@ -256,6 +256,10 @@ class Sink(ABC):
             self.closed = True
             self.close_reason = reason
             self._wake.set()
+
+    def close_gone(self) -> None:
+        """The transport failed under us: say why (a transport may know it was a timeout)."""
+        self.close("disconnected")
 
     def shutdown(self) -> None:
         """Deliver what is queued or still to catch up, then say goodbye and close."""
@@ -306,7 +310,7 @@ class Sink(ABC):
             pass
         except (ConnectionError, RuntimeError) as exc:
             # aiohttp raises ClientConnectionResetError / RuntimeError on a closed transport.
-            self.close("disconnected")
+            self.close_gone()
             self.log.debug("sink_write_failed", error=str(exc))
         finally:
             self.closed = True

@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
+from app import metrics
 from app.engine.hub import Hub
 from app.sinks.base import Sink, Subscription
 from app.sinks.policy import SinkPolicy
@@ -64,6 +65,15 @@ class SseSink(Sink):
         assert self._writer is not None
         await self._writer.drain()
 
+    def close_gone(self) -> None:
+        """aiohttp-sse aborts a peer whose ping write timed out: that is a write timeout."""
+        if getattr(self.response, "timed_out", False):
+            if not self.closed:
+                metrics.PEERS_DROPPED.labels("sse", "write_timeout").inc()
+            self.close("write_timeout")
+        else:
+            self.close("disconnected")
+
     def abort(self) -> None:
         req = self.response._req
         if req is not None and req.transport is not None:
@@ -77,8 +87,23 @@ class SseSink(Sink):
         self.close("done" if sub.ends_on_done else "unsubscribed")
 
 
+class SseResponse(EventSourceResponse):
+    """aiohttp-sse's response, remembering why its ping task gave up.
+
+    Its ping write runs under the same ``write_timeout``; when a stalled peer makes it time
+    out, aiohttp-sse aborts the transport. Recording that lets the sink report the drop as
+    ``write_timeout`` (and count it) rather than as an ordinary disconnect.
+    """
+
+    timed_out = False
+
+    def _abort_transport(self) -> None:
+        self.timed_out = True
+        super()._abort_transport()
+
+
 async def open_sse(request: web.Request, policy: SinkPolicy) -> EventSourceResponse:
-    response = EventSourceResponse(
+    response = SseResponse(
         ping_interval=policy.heartbeat,
         send_timeout=policy.write_timeout,
         allow_all_methods=True,
@@ -98,10 +123,10 @@ async def serve_sink(sink: SseSink) -> None:
     ping = getattr(sink.response, "_ping_task", None)
     watcher: asyncio.Task[None] | None = None
     if isinstance(ping, asyncio.Task):
-        ping.add_done_callback(lambda _: sink.close("disconnected"))
+        ping.add_done_callback(lambda _: sink.close_gone())
     else:
         watcher = asyncio.create_task(sink.response.wait())
-        watcher.add_done_callback(lambda _: sink.close("disconnected"))
+        watcher.add_done_callback(lambda _: sink.close_gone())
     try:
         await sink.run()
     finally:
