@@ -7,7 +7,7 @@ no I/O, importable by any client.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -236,28 +236,7 @@ Event = (
 )
 
 EVENT_CLASSES: dict[str, type[EventBase]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (
-        ConversationStarted,
-        RunStarted,
-        RequireUserInput,
-        UserInputReceived,
-        RunCancelling,
-        Done,
-        MessageChunk,
-        Message,
-        ReasoningStarted,
-        Reasoning,
-        ReasoningCompleted,
-        ToolCallStarted,
-        ToolCallCompleted,
-        ComponentGenerator,
-        Notify,
-        TaskStarted,
-        TaskCompleted,
-        TaskFailed,
-        TaskCancelled,
-    )
+    cls.__struct_config__.tag: cls for cls in get_args(Event)
 }
 EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)
 
