@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # Finished conversations idle longer than this are deleted (0: keep forever).
     retention: float = 0.0
     retention_sweep: float = 60.0
+    # Idle conversations kept in memory (seq counters); beyond it they reload from the store.
+    max_conversations: int = 100_000
     # Bytes of recently published events kept in memory for catch-ups (0: always the store).
     replay_cache_bytes: int = 64 * 1024 * 1024
     # Access control: none (local use), token (static API keys) or jwt (HS256/RS256).
@@ -74,6 +76,8 @@ class Settings(msgspec.Struct, kw_only=True):
                      "schedule_min_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.max_conversations < 1:
+            raise ValueError("max_conversations must be >= 1")
         if self.replay_cache_bytes < 0:
             raise ValueError("replay_cache_bytes must be >= 0")
         if self.retention < 0:
@@ -122,6 +126,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_low_water": ("pending store ops at which producers resume", int),
     "retention": ("seconds a finished conversation is kept (0: forever)", float),
     "retention_sweep": ("seconds between retention sweeps", float),
+    "max_conversations": ("idle conversations kept in memory", int),
     "replay_cache_bytes": ("bytes of recent events kept for catch-ups (0: none)", int),
     "agents_file": ("TOML file of extra agents (kind openai or remote)", str),
     "schedule_min_interval": ("shortest interval_seconds a schedule may have", float),

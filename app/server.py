@@ -107,6 +107,7 @@ def create_app(
     engine = Engine(
         store, hub, agents,
         input_timeout=settings.input_timeout, run_timeout=settings.run_timeout,
+        max_conversations=settings.max_conversations,
     )
     auth = Authenticator(
         settings.auth,

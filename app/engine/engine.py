@@ -9,7 +9,9 @@ to the store; the store's commit publishes it to the hub. Every run ends with ex
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -17,7 +19,7 @@ import msgspec
 import structlog
 
 from app import metrics
-from app.agents.base import MISSING, Agent, AgentError
+from app.agents.base import MISSING, Agent, AgentError, AgentInputError
 from app.agents.registry import AgentRegistry
 from app.engine.hub import Hub
 from app.engine.runs import ActiveRun, Conversation, PendingRequest
@@ -86,6 +88,8 @@ class Engine:
         *,
         input_timeout: float = 300.0,
         run_timeout: float = 3600.0,
+        max_conversations: int = 100_000,
+        conversation_idle: float = 60.0,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -94,7 +98,11 @@ class Engine:
         self.run_timeout = run_timeout
         self.active: dict[str, ActiveRun] = {}
         self._recent: OrderedDict[str, RunRecord] = OrderedDict()
-        self._conversations: dict[str, Conversation] = {}
+        # Live conversation state, least recently used first. Bounded: idle conversations past
+        # ``max_conversations`` are dropped and reloaded from the store when next used.
+        self._conversations: OrderedDict[str, Conversation] = OrderedDict()
+        self.max_conversations = max_conversations
+        self.conversation_idle = conversation_idle
         self._loading: dict[str, asyncio.Future[Conversation | None]] = {}
         self.accepting = True
         store.add_commit_listener(hub.publish)
@@ -139,6 +147,8 @@ class Engine:
         """The live state of a stored conversation (loaded once, even under races)."""
         conv = self._conversations.get(conversation_id)
         if conv is not None:
+            conv.used_at = time.monotonic()
+            self._conversations.move_to_end(conversation_id)
             return conv
         fut = self._loading.get(conversation_id)
         if fut is not None:
@@ -153,7 +163,7 @@ class Engine:
                 if conv is None:
                     seq = await self.store.last_seq(conversation_id)
                     conv = Conversation(record, seq)
-                    self._conversations[conversation_id] = conv
+                    self._keep(conv)
                     self.hub.note_committed(conversation_id, seq)
             fut.set_result(conv)
             return conv
@@ -182,10 +192,35 @@ class Engine:
         cid = conversation_id or new_id("c")
         ts = now_ms()
         conv = Conversation(ConversationRecord(cid, ts, ts, owner), 0)
-        self._conversations[cid] = conv
+        self._keep(conv)
         self.store.enqueue(PutConversation(conv.record))
         self._append(conv, ConversationStarted, ConversationStartedData(), None, None)
         return conv
+
+    def _keep(self, conv: Conversation) -> None:
+        """Add live state, evicting idle conversations beyond the bound (oldest first).
+
+        Evictable: no run in progress, no subscriber, every assigned seq committed (so the
+        store's last seq is the truth on reload), and unused for ``conversation_idle``
+        seconds (so no handler still holds the object across an await)."""
+        self._conversations[conv.record.conversation_id] = conv
+        excess = len(self._conversations) - self.max_conversations
+        if excess <= 0:
+            return
+        now = time.monotonic()
+        for cid, old in list(itertools.islice(self._conversations.items(), excess + 64)):
+            if excess <= 0:
+                break
+            if (old is not conv and old.active_runs == 0 and not self.hub.has_subscribers(cid)
+                    and self.hub.published_seq(cid) >= old.seq
+                    and now - old.used_at >= self.conversation_idle):
+                del self._conversations[cid]
+                self.hub.forget(cid)
+                excess -= 1
+
+    @property
+    def conversations_in_memory(self) -> int:
+        return len(self._conversations)
 
     def forget_conversations(self, ids: list[str]) -> None:
         """Drop expired conversations from memory (the store already deleted them)."""
@@ -228,6 +263,7 @@ class Engine:
         )
         run = ActiveRun(record, conv, agent, parsed)
         self.active[record.run_id] = run
+        conv.active_runs += 1
         self._touch(conv)
         self._emit_now(
             run,
@@ -242,8 +278,6 @@ class Engine:
 
     @staticmethod
     def _parse_input(agent: Agent, raw: Any) -> Any:
-        from app.agents.base import AgentInputError
-
         try:
             return agent.parse_input(raw)
         except AgentInputError as exc:
@@ -299,6 +333,7 @@ class Engine:
             run.pending = None
         await self._write_done(run.record, run.conversation, status, error, run.record.events + 1)
         self.active.pop(run.run_id, None)
+        run.conversation.active_runs -= 1
         self._remember(run.record)
         metrics.RUNS_ENDED.labels(status).inc()
         log.info("run_ended", run_id=run.run_id, status=status,

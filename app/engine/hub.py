@@ -105,6 +105,9 @@ class Hub:
             if not subs:
                 del self._subs[sub.conversation_id]
 
+    def has_subscribers(self, conversation_id: str) -> bool:
+        return conversation_id in self._subs
+
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,10 @@ class Conversation:
     record: ConversationRecord
     # Last assigned seq: assignment is synchronous, so the event loop serializes it.
     seq: int
+    # Runs in progress here: a conversation with one stays in memory.
+    active_runs: int = 0
+    # time.monotonic() of the last lookup, so a reference just handed out is never evicted.
+    used_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
