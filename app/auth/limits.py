@@ -36,6 +36,7 @@ class RunRateLimiter:
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._starts: dict[str, deque[float]] = {}
+        self._checks = 0
 
     def check(self, user: str) -> None:
         if not self.per_minute:
@@ -44,6 +45,13 @@ class RunRateLimiter:
         window = self._starts.setdefault(user, deque())
         while window and now - window[0] >= 60.0:
             window.popleft()
+        self._checks += 1
+        if self._checks % 1024 == 0:
+            # Users quiet for a minute have empty windows: drop them, so memory follows
+            # active users, not every user ever seen.
+            for quiet in [u for u, w in self._starts.items() if not w or now - w[-1] >= 60.0]:
+                del self._starts[quiet]
+            window = self._starts.setdefault(user, deque())
         if len(window) >= self.per_minute:
             metrics.LIMITED.labels("runs_per_minute").inc()
             retry = int(60.0 - (now - window[0])) + 1
