@@ -25,6 +25,7 @@ from app import metrics
 from app.engine.hub import Batch, Blob, Hub, Transport, frames_of
 from app.sinks.merge import merge_chunks
 from app.sinks.policy import SinkPolicy
+from protocol.codec import EncodedEvent
 
 if TYPE_CHECKING:
     from app.store.base import EventStore
@@ -133,6 +134,8 @@ class Sink(ABC):
         # True while the writer task waits in ``_sleep`` with nothing to do (see _write_now).
         self._parked = False
         self._must_drain = False
+        # True while the transport is over its high-water mark and we wait for the peer.
+        self._peer_blocked = False
         self._expired = False
         self.closed = False
         self.close_reason: str | None = None
@@ -230,6 +233,7 @@ class Sink(ABC):
             # Over the high-water mark: the task drains (under write_timeout) before any
             # further write, and nothing more is written from here until it parks again.
             self._must_drain = True
+            self._peer_blocked = True
             self._parked = False
             self._wake.set()
         return True
@@ -258,8 +262,19 @@ class Sink(ABC):
             self._wake.set()
 
     def close_gone(self) -> None:
-        """The transport failed under us: say why (a transport may know it was a timeout)."""
-        self.close("disconnected")
+        """The transport failed under us. If we were waiting for the peer to read (or the
+        transport itself timed out a write), the peer stalled: a write timeout, whichever
+        layer noticed first (ours, aiohttp-sse's ping, the kernel's TCP_USER_TIMEOUT)."""
+        if self._peer_blocked or self.transport_timed_out():
+            if not self.closed:
+                metrics.PEERS_DROPPED.labels(self.transport, "write_timeout").inc()
+            self.close("write_timeout")
+        else:
+            self.close("disconnected")
+
+    def transport_timed_out(self) -> bool:
+        """Hook: True when the transport layer gave up on a write of its own."""
+        return False
 
     def shutdown(self) -> None:
         """Deliver what is queued or still to catch up, then say goodbye and close."""
@@ -392,11 +407,13 @@ class Sink(ABC):
             self._write_timed_out()
 
     async def _timed_drain(self) -> None:
+        self._peer_blocked = True
         try:
             async with asyncio.timeout(self.policy.write_timeout):
                 await self.drain()
         except TimeoutError:
             self._write_timed_out()
+        self._peer_blocked = False
 
     def _write_timed_out(self) -> NoReturn:
         metrics.PEERS_DROPPED.labels(self.transport, "write_timeout").inc()
@@ -454,7 +471,7 @@ class Sink(ABC):
             sub.merge = False
             sub.enqueued_seq = sub.written_seq
 
-    def frames(self, events: list) -> bytes:  # type: ignore[type-arg]
+    def frames(self, events: list[EncodedEvent]) -> bytes:
         return frames_of(events, self.transport)
 
     # ---- transport ----------------------------------------------------------------------

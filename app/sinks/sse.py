@@ -13,7 +13,6 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
-from app import metrics
 from app.engine.hub import Hub
 from app.sinks.base import Sink, Subscription
 from app.sinks.policy import SinkPolicy
@@ -65,14 +64,9 @@ class SseSink(Sink):
         assert self._writer is not None
         await self._writer.drain()
 
-    def close_gone(self) -> None:
-        """aiohttp-sse aborts a peer whose ping write timed out: that is a write timeout."""
-        if getattr(self.response, "timed_out", False):
-            if not self.closed:
-                metrics.PEERS_DROPPED.labels("sse", "write_timeout").inc()
-            self.close("write_timeout")
-        else:
-            self.close("disconnected")
+    def transport_timed_out(self) -> bool:
+        """aiohttp-sse aborts a peer whose ping write timed out."""
+        return bool(getattr(self.response, "timed_out", False))
 
     def abort(self) -> None:
         req = self.response._req
