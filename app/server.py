@@ -15,14 +15,15 @@ from app.agents.config_file import registry_from_file
 from app.agents.registry import AgentRegistry
 from app.api import http, metrics_api, schedules, ws
 from app.api.common import error_response
+from app.api.errors import http_error
 from app.auth.access import PRINCIPAL
 from app.auth.authenticator import Authenticator
 from app.auth.cors import setup_cors
 from app.auth.limits import ConnectionLimiter, RunRateLimiter
 from app.config import Settings
 from app.engine.engine import Engine
-from app.engine.hub import Hub
-from app.errors import ApiError
+from app.errors import AgentstreamError
+from app.fanout.hub import Hub
 from app.metrics import PUBLISHED, observe_store_batch
 from app.schedules.scheduler import SCHEDULER, Scheduler, scheduler_ctx
 from app.schedules.store import ScheduleStore
@@ -70,8 +71,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every non-2xx is ``{"error": {code, message}}``; a bug is a logged 500, no trace out."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+    except AgentstreamError as exc:
+        return http_error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -12,7 +12,7 @@ from app.auth.authenticator import Authenticator
 from app.auth.limits import ConnectionLimiter, RunRateLimiter
 from app.config import Settings
 from app.engine.engine import Engine
-from app.engine.hub import Hub
+from app.fanout.hub import Hub
 from app.sinks.base import Sink
 from app.store.base import EventStore
 

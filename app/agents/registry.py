@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.agents.base import Agent
 from app.agents.demo import DemoAgent
-from app.errors import ApiError
+from app.errors import InvalidInput
 from protocol.messages import AgentCard
 
 
@@ -23,7 +23,7 @@ class AgentRegistry:
         agent = self._agents.get(name)
         if agent is None:
             known = ", ".join(sorted(self._agents))
-            raise ApiError(422, "unknown_agent", f"no agent {name!r} (known: {known})")
+            raise InvalidInput("unknown_agent", f"no agent {name!r} (known: {known})")
         return agent
 
     def cards(self) -> list[AgentCard]:

@@ -8,7 +8,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from app.errors import ApiError
+from app.errors import BadRequest, InvalidInput, TooLarge, UnsupportedMediaType
 from protocol.messages import ID_PATTERN, ErrorBody, ErrorDetail
 
 T = TypeVar("T")
@@ -32,34 +32,34 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 def path_id(request: web.Request, name: str) -> str:
     value = request.match_info[name]
     if not _ID.match(value):
-        raise ApiError(422, "invalid_id", f"{name} must match {ID_PATTERN}")
+        raise InvalidInput("invalid_id", f"{name} must match {ID_PATTERN}")
     return value
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_type not in JSON_TYPES:
-        raise ApiError(415, "unsupported_media_type",
+        raise UnsupportedMediaType("unsupported_media_type",
                        f"send application/json, not {request.content_type}")
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", f"body is over {limit} bytes")
+        raise TooLarge("body_too_large", f"body is over {limit} bytes")
     body = await request.content.read(limit + 1)
     if len(body) > limit:
-        raise ApiError(413, "body_too_large", f"body is over {limit} bytes")
+        raise TooLarge("body_too_large", f"body is over {limit} bytes")
     return body
 
 
 async def read_json(request: web.Request, typ: type[T], limit: int) -> T:
     body = await read_body(request, limit)
     if not body.strip():
-        raise ApiError(400, "malformed_json", "the body is empty; send a JSON object")
+        raise BadRequest("malformed_json", "the body is empty; send a JSON object")
     try:
         msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+        raise BadRequest("malformed_json", f"body is not valid JSON: {exc}") from None
     try:
         return msgspec.json.decode(body, type=typ)
     except msgspec.ValidationError as exc:
-        raise ApiError(422, "invalid_field", str(exc)) from None
+        raise InvalidInput("invalid_field", str(exc)) from None
 
 
 def parse_last_event_id(request: web.Request) -> int:
@@ -73,7 +73,7 @@ def parse_last_event_id(request: web.Request) -> int:
         return 0
     raw = raw.strip()
     if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(400, "invalid_last_event_id",
+        raise BadRequest("invalid_last_event_id",
                        f"{source} must be a non-negative integer seq, got {raw[:40]!r}")
     return int(raw)
 

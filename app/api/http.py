@@ -18,7 +18,7 @@ from app.api.common import (
 from app.auth.access import conversation_for, principal_of, require_write, run_for
 from app.auth.authenticator import Principal
 from app.engine.engine import Engine
-from app.errors import ApiError
+from app.errors import BadRequest, shutting_down
 from app.sinks.sse import SseSink, open_sse, serve_sink
 from app.state import STATE, State, connection_id
 from protocol.messages import AgentList, InputRequest, StartRunRequest, StartRunResponse
@@ -121,7 +121,7 @@ async def _check_not_ahead(st: State, conversation_id: str, after: int) -> None:
     conv = await st.engine.conversation(conversation_id)
     last = conv.seq if conv is not None else 0
     if after > last:
-        raise ApiError(400, "invalid_last_event_id",
+        raise BadRequest("invalid_last_event_id",
                        f"last event id {after} is ahead of the conversation (last seq {last})")
 
 
@@ -137,7 +137,7 @@ async def _stream(
     cid = connection_id()
     structlog.contextvars.bind_contextvars(connection_id=cid, conversation_id=conversation_id)
     if st.shutting_down:
-        raise ApiError(503, "shutting_down", "the server is shutting down")
+        raise shutting_down()
     st.connections.acquire(principal.user)
     try:
         response = await open_sse(request, st.settings.policy)

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from app.api.common import json_response, path_id, read_json
 from app.auth.access import conversation_for, principal_of, require_write
-from app.errors import ApiError
+from app.errors import shutting_down
 from app.schedules.scheduler import SCHEDULER
 from app.state import STATE
 from protocol.schedules import CreateScheduleRequest, ScheduleList
@@ -21,7 +21,7 @@ async def create_schedule(request: web.Request) -> web.Response:
     require_write(principal)
     body = await read_json(request, CreateScheduleRequest, st.settings.max_body)
     if st.shutting_down:
-        raise ApiError(503, "shutting_down", "the server is shutting down")
+        raise shutting_down()
     if body.conversation_id is not None and await st.engine.conversation(body.conversation_id):
         await conversation_for(st.engine, principal, body.conversation_id, write=True)
     owner = principal.user if st.auth.enabled else None

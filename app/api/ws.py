@@ -17,9 +17,19 @@ import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from app import metrics
+from app.api.errors import ws_error
 from app.auth.access import conversation_for, principal_of, require_write, run_for
 from app.auth.authenticator import Principal
-from app.errors import ApiError
+from app.errors import (
+    AgentstreamError,
+    BadRequest,
+    Conflict,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    Unauthenticated,
+    shutting_down,
+)
 from app.sinks.ws import WsSink
 from app.state import STATE, State, connection_id
 from protocol.messages import (
@@ -69,8 +79,8 @@ class Connection:
             return
         try:
             await self.dispatch(cmd)
-        except ApiError as exc:
-            self.error(exc.code, exc.message, cmd.ref)
+        except AgentstreamError as exc:
+            self.sink.send_reply(ws_error(exc, cmd.ref))
 
     @staticmethod
     def _classify(raw: str, exc: msgspec.ValidationError) -> tuple[str, str, str | None]:
@@ -96,7 +106,7 @@ class Connection:
         elif isinstance(cmd, UnsubscribeCommand):
             key = self._key(cmd.conversation_id, cmd.run_id)
             if not self.sink.unsubscribe(key):
-                raise ApiError(404, "not_subscribed", f"no subscription to {key[1]!r}")
+                raise NotFound("not_subscribed", f"no subscription to {key[1]!r}")
             self.sink.send_reply(Ack(ref=cmd.ref, run_id=cmd.run_id,
                                      conversation_id=cmd.conversation_id))
         elif isinstance(cmd, InputCommand):
@@ -111,10 +121,10 @@ class Connection:
     def refresh(self, cmd: RefreshCommand) -> None:
         """Swap in a fresh credential for the same user before the current one expires."""
         if not self.st.auth.enabled:
-            raise ApiError(400, "auth_disabled", "this server does not use tokens")
+            raise BadRequest("auth_disabled", "this server does not use tokens")
         fresh = self.st.auth.verify(cmd.token)
         if fresh.user != self.principal.user:
-            raise ApiError(401, "invalid_token", "a refresh token must be for the same user")
+            raise Unauthenticated("invalid_token", "a refresh token must be for the same user")
         self.principal = fresh
         self.refreshed.set()
         self.sink.send_reply(Ack(ref=cmd.ref))
@@ -140,13 +150,13 @@ class Connection:
         limit = self.st.settings.max_subscriptions
         if limit and len(self.sink.subs) >= limit:
             metrics.LIMITED.labels("subscriptions").inc()
-            raise ApiError(429, "too_many_subscriptions",
+            raise LimitExceeded("too_many_subscriptions",
                            f"at most {limit} subscriptions per socket")
 
     @staticmethod
     def _key(conversation_id: str | None, run_id: str | None) -> tuple[str, str]:
         if (conversation_id is None) == (run_id is None):
-            raise ApiError(422, "invalid_command", "give exactly one of conversation_id, run_id")
+            raise InvalidInput("invalid_command", "give exactly one of conversation_id, run_id")
         if run_id is not None:
             return ("run", run_id)
         assert conversation_id is not None
@@ -154,7 +164,7 @@ class Connection:
 
     async def start(self, cmd: StartCommand) -> None:
         if cmd.ref is not None and cmd.ref in self.started:
-            raise ApiError(409, "duplicate_ref", f"ref {cmd.ref!r} already started a run")
+            raise Conflict("duplicate_ref", f"ref {cmd.ref!r} already started a run")
         require_write(self.principal)
         self.check_room()
         self.st.run_limiter.check(self.principal.user)
@@ -194,7 +204,7 @@ class Connection:
         conv = await engine.conversation(conversation_id)
         last = conv.seq if conv is not None else 0
         if after > last:
-            raise ApiError(400, "invalid_after",
+            raise BadRequest("invalid_after",
                            f"after={after} is ahead of the conversation (last seq {last})")
         self.sink.send_reply(Ack(ref=cmd.ref, run_id=run_id, conversation_id=conversation_id))
         self.sink.subscribe(conversation_id, after=start, run_id=run_id,
@@ -207,7 +217,7 @@ class Connection:
             start_ref = cmd.start_ref or cmd.ref
             run_id = self.started.get(start_ref or "")
             if run_id is None:
-                raise ApiError(404, "run_not_found",
+                raise NotFound("run_not_found",
                                f"no run_id and no start with ref {start_ref!r} on this socket")
         await run_for(self.st.engine, self.principal, run_id, write=True)
         _, record = await self.st.engine.cancel(run_id)
@@ -222,7 +232,7 @@ class Connection:
 async def websocket(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     if st.shutting_down:
-        raise ApiError(503, "shutting_down", "the server is shutting down")
+        raise shutting_down()
     principal = principal_of(request)  # authenticated at the upgrade, by the middleware
     st.connections.acquire(principal.user)
     try:

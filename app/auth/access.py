@@ -8,7 +8,7 @@ from aiohttp import web
 from app.auth.authenticator import Principal
 from app.engine.engine import Engine
 from app.engine.runs import Conversation
-from app.errors import ApiError, not_found
+from app.errors import Forbidden, not_found
 from app.store.base import RunRecord
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -23,7 +23,7 @@ def _check(principal: Principal, kind: str, ident: str, conversation_id: str,
         if scope != conversation_id:
             raise not_found(kind, ident)
         if write:
-            raise ApiError(403, "insufficient_scope", "a stream token can only read its stream")
+            raise Forbidden("insufficient_scope", "a stream token can only read its stream")
 
 
 async def conversation_for(
@@ -44,7 +44,7 @@ async def run_for(
 
 def require_write(principal: Principal) -> None:
     if principal.conversation_scope is not None:
-        raise ApiError(403, "insufficient_scope", "a stream token can only read its stream")
+        raise Forbidden("insufficient_scope", "a stream token can only read its stream")
 
 
 def principal_of(request: web.Request) -> Principal:

@@ -18,7 +18,7 @@ from pathlib import Path
 import jwt
 from aiohttp import web
 
-from app.errors import ApiError
+from app.errors import Unauthenticated
 
 COOKIE = "agentstream_token"
 STREAM_TOKEN_TYPE = "stream"
@@ -38,12 +38,12 @@ class Principal:
         return self.admin or owner is None or owner == self.user
 
 
-def unauthenticated(message: str) -> ApiError:
-    return ApiError(401, "unauthenticated", message)
+def unauthenticated(message: str) -> Unauthenticated:
+    return Unauthenticated("unauthenticated", message)
 
 
-def invalid_token(message: str) -> ApiError:
-    return ApiError(401, "invalid_token", message)
+def invalid_token(message: str) -> Unauthenticated:
+    return Unauthenticated("invalid_token", message)
 
 
 def parse_key_lines(text: str) -> dict[str, Principal]:
@@ -158,7 +158,7 @@ class Authenticator:
                 options={"require": ["sub", "exp"]},
             )
         except jwt.ExpiredSignatureError:
-            raise ApiError(401, "token_expired", "the token has expired") from None
+            raise Unauthenticated("token_expired", "the token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise invalid_token(f"invalid token: {exc}") from None
         sub = claims.get("sub")
@@ -183,7 +183,7 @@ class Authenticator:
             claims = jwt.decode(token, self._stream_secret, algorithms=["HS256"],
                                 options={"require": ["sub", "exp", "cid"]})
         except jwt.ExpiredSignatureError:
-            raise ApiError(401, "token_expired", "the stream token has expired") from None
+            raise Unauthenticated("token_expired", "the stream token has expired") from None
         except jwt.InvalidTokenError:
             return None
         if claims.get("typ") != STREAM_TOKEN_TYPE:

@@ -6,7 +6,7 @@ import time
 from collections import deque
 
 from app import metrics
-from app.errors import ApiError
+from app.errors import LimitExceeded
 
 
 class ConnectionLimiter:
@@ -18,7 +18,7 @@ class ConnectionLimiter:
         count = self._open.get(user, 0)
         if self.per_user and count >= self.per_user:
             metrics.LIMITED.labels("connections").inc()
-            raise ApiError(429, "too_many_connections",
+            raise LimitExceeded("too_many_connections",
                            f"at most {self.per_user} open streams per user")
         self._open[user] = count + 1
 
@@ -55,6 +55,6 @@ class RunRateLimiter:
         if len(window) >= self.per_minute:
             metrics.LIMITED.labels("runs_per_minute").inc()
             retry = int(60.0 - (now - window[0])) + 1
-            raise ApiError(429, "rate_limited",
+            raise LimitExceeded("rate_limited",
                            f"at most {self.per_minute} runs per minute; retry in {retry}s")
         window.append(now)

@@ -21,9 +21,9 @@ import structlog
 from app import metrics
 from app.agents.base import MISSING, Agent, AgentError, AgentInputError
 from app.agents.registry import AgentRegistry
-from app.engine.hub import Hub
 from app.engine.runs import ActiveRun, Conversation, PendingRequest
-from app.errors import ApiError, not_found
+from app.errors import Conflict, Expired, InvalidInput, Unavailable, not_found, shutting_down
+from app.fanout.hub import Hub
 from app.store.base import (
     AppendEvent,
     ConversationRecord,
@@ -239,13 +239,13 @@ class Engine:
         """Start a run; ``owner`` (None without auth) owns a new conversation, and only it (or
         an admin) may start runs in an existing one."""
         if not self.accepting:
-            raise ApiError(503, "shutting_down", "the server is shutting down")
+            raise shutting_down()
         agent = self.agents.get(req.agent)
         parsed = self._parse_input(agent, req.input)
         try:
             await self.store.wait_for_room()
         except StoreUnavailable as exc:
-            raise ApiError(503, "store_unavailable", str(exc)) from None
+            raise Unavailable("store_unavailable", str(exc)) from None
         conv = await self._open_conversation(req.conversation_id, owner, admin)
         ts = now_ms()
         record = RunRecord(
@@ -281,7 +281,7 @@ class Engine:
         try:
             return agent.parse_input(raw)
         except AgentInputError as exc:
-            raise ApiError(422, "invalid_input", f"{agent.name}: {exc}") from None
+            raise InvalidInput("invalid_input", f"{agent.name}: {exc}") from None
 
     async def _drive(self, run: ActiveRun) -> None:
         structlog.contextvars.bind_contextvars(
@@ -391,7 +391,7 @@ class Engine:
     async def _raise_missing(self, kind: str, ident: str) -> None:
         """404 for an id never seen; 410 for one that retention removed."""
         if await self.store.is_expired(ident):
-            raise ApiError(410, f"{kind}_expired",
+            raise Expired(f"{kind}_expired",
                            f"{kind} {ident!r} has expired and its events were deleted")
         raise not_found(kind, ident)
 
@@ -525,19 +525,19 @@ class Engine:
         if run is None:
             record = await self.get_run(run_id)  # 404 when unknown
             if request_id in record.answered:
-                raise ApiError(409, "input_already_answered",
+                raise Conflict("input_already_answered",
                                f"request {request_id!r} was already answered")
-            raise ApiError(409, "run_ended", f"run {run_id!r} has ended")
+            raise Conflict("run_ended", f"run {run_id!r} has ended")
         pending = run.pending
         if pending is None or pending.request_id != request_id:
             if request_id in run.record.answered:
-                raise ApiError(409, "input_already_answered",
+                raise Conflict("input_already_answered",
                                f"request {request_id!r} was already answered")
             if request_id in run.expired:
-                raise ApiError(409, "input_expired", f"request {request_id!r} has expired")
+                raise Conflict("input_expired", f"request {request_id!r} has expired")
             raise not_found("input_request", request_id)
         if pending.choices is not None and value not in pending.choices:
-            raise ApiError(422, "invalid_input_value",
+            raise InvalidInput("invalid_input_value",
                            f"value must be one of {pending.choices!r}")
         run.pending = None
         run.record.answered.append(request_id)

@@ -21,7 +21,7 @@ from aiohttp import web
 from app.agents.base import AgentInputError
 from app.auth.authenticator import Principal
 from app.engine.engine import Engine, new_id
-from app.errors import ApiError, not_found
+from app.errors import AgentstreamError, InvalidInput, LimitExceeded, not_found
 from app.schedules.store import ScheduleStore
 from protocol.messages import ErrorDetail, StartRunRequest
 from protocol.schedules import CreateScheduleRequest, Schedule
@@ -72,15 +72,15 @@ class Scheduler:
         self, req: CreateScheduleRequest, owner: str | None = None, admin: bool = True
     ) -> Schedule:
         if req.interval_seconds < self.min_interval:
-            raise ApiError(422, "invalid_field",
+            raise InvalidInput("invalid_field",
                            f"interval_seconds must be >= {self.min_interval:g}")
         agent = self.engine.agents.get(req.agent)  # 422 unknown_agent
         try:
             agent.parse_input(req.input)
         except AgentInputError as exc:
-            raise ApiError(422, "invalid_input", f"{agent.name}: {exc}") from None
+            raise InvalidInput("invalid_input", f"{agent.name}: {exc}") from None
         if len(self._schedules) >= MAX_SCHEDULES:
-            raise ApiError(429, "too_many_schedules", f"at most {MAX_SCHEDULES} schedules")
+            raise LimitExceeded("too_many_schedules", f"at most {MAX_SCHEDULES} schedules")
         now = now_ms()
         schedule = Schedule(
             schedule_id=new_id("s"),
@@ -178,7 +178,7 @@ class Scheduler:
                 run = await self.engine.start_run(
                     req, owner=schedule.owner, admin=schedule.owner_admin
                 )
-        except ApiError as exc:
+        except AgentstreamError as exc:
             error = ErrorDetail(exc.code, exc.message)
         except TimeoutError:
             error = ErrorDetail("start_timeout", f"the run did not start within {START_TIMEOUT}s")

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import structlog
 
 from app import metrics
-from app.engine.hub import Batch, Blob, Hub, Transport, frames_of
+from app.fanout.batch import Batch, Blob, Transport, frames_of
+from app.fanout.hub import Hub
 from app.sinks.merge import merge_chunks
 from app.sinks.policy import SinkPolicy
 from protocol.codec import EncodedEvent
@@ -72,6 +73,10 @@ class Subscription:
         self.merge = False
         self.ends_on_done = ends_on_done
         self.ended = False
+
+    def deliver(self, batch: Batch) -> None:
+        """The hub's call (``fanout.hub.Subscriber``): hand the batch to our sink."""
+        self.sink.offer(self, batch)
 
 
 class _Item:

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
-from app.engine.hub import Hub
+from app.fanout.hub import Hub
 from app.sinks.base import Sink, Subscription
 from app.sinks.policy import SinkPolicy
 from app.store.base import EventStore

@@ -13,7 +13,7 @@ import asyncio
 
 from aiohttp import WSCloseCode, web
 
-from app.engine.hub import Hub
+from app.fanout.hub import Hub
 from app.sinks.base import Sink
 from app.sinks.policy import SinkPolicy
 from app.store.base import EventStore

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from app.agents.registry import AgentRegistry
 from app.engine.engine import Engine
-from app.engine.hub import Hub
+from app.fanout.hub import Hub
 from app.store.sqlite import SqliteEventStore
 from protocol.messages import StartRunRequest
 

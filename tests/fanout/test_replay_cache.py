@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.engine.replay_cache import ReplayCache, event_cost
+from app.fanout.replay_cache import ReplayCache, event_cost
 from protocol.codec import EncodedEvent
 
 

@@ -1,0 +1,68 @@
+"""A committed batch of one conversation and its transport views, each built once.
+
+``Batch.blob(transport, run_id, after)`` gives the joined frames a subscriber writes; the
+first subscriber of a (transport, run filter) pays for the join, every other one gets the
+same ``bytes`` object.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from protocol.codec import EncodedEvent
+
+Transport = Literal["sse", "ws"]
+
+
+class Blob:
+    """Joined frames for one subscriber view of a batch."""
+
+    __slots__ = ("count", "data", "done_run", "last_seq")
+
+    def __init__(self, data: bytes, count: int, last_seq: int, done_run: bool) -> None:
+        self.data = data
+        self.count = count
+        self.last_seq = last_seq
+        # True when the view holds the ``done`` of the filtered run.
+        self.done_run = done_run
+
+
+def frames_of(events: list[EncodedEvent], transport: Transport) -> bytes:
+    if transport == "sse":
+        return b"".join([e.sse for e in events])
+    return b"".join([e.ws for e in events])
+
+
+def make_blob(
+    events: list[EncodedEvent], transport: Transport, run_id: str | None, last_seq: int
+) -> Blob:
+    if run_id is not None:
+        events = [e for e in events if e.run_id == run_id]
+    done = run_id is not None and any(e.type == "done" for e in events)
+    return Blob(frames_of(events, transport), len(events), last_seq, done)
+
+
+class Batch:
+    """Consecutive committed events of one conversation."""
+
+    __slots__ = ("_blobs", "conversation_id", "events", "first_seq", "last_seq")
+
+    def __init__(self, conversation_id: str, events: list[EncodedEvent]) -> None:
+        self.conversation_id = conversation_id
+        self.events = events
+        self.first_seq = events[0].seq
+        self.last_seq = events[-1].seq
+        self._blobs: dict[tuple[Transport, str | None], Blob] = {}
+
+    def blob(self, transport: Transport, run_id: str | None, after: int) -> Blob:
+        """Frames of events with ``seq > after`` (of ``run_id`` if given)."""
+        if after >= self.first_seq:
+            # Rare: a subscriber that just caught up past the start of this batch.
+            return make_blob(
+                [e for e in self.events if e.seq > after], transport, run_id, self.last_seq
+            )
+        key = (transport, run_id)
+        blob = self._blobs.get(key)
+        if blob is None:
+            blob = self._blobs[key] = make_blob(self.events, transport, run_id, self.last_seq)
+        return blob
