@@ -1,7 +1,13 @@
-"""``python -m app``: serve agentstream. ``--help`` lists every flag and its env variable."""
+"""``python -m app``: serve agentstream. ``--help`` lists every flag and its env variable.
+
+Start-up order, each step failing with one line and its own exit code, having written
+nothing: configuration (2), the listening socket (3: address in use), the store's
+exclusive lock (4: another process serves this database). Only then does recovery write.
+"""
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import structlog
@@ -9,6 +15,26 @@ from aiohttp import web
 
 from app.config import load_settings
 from app.logging import configure
+from app.store.base import StoreLocked
+
+EXIT_CONFIG = 2
+EXIT_ADDRESS_IN_USE = 3
+EXIT_STORE_LOCKED = 4
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything touches the database."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,22 +45,32 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(settings)
     except ValueError as exc:
         print(f"agentstream: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     configure(settings.log_format, settings.log_level)
     log = structlog.get_logger("app")
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        print(f"agentstream: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_ADDRESS_IN_USE
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening_beyond_loopback", host=settings.host,
                     hint="no authentication is configured")
-    log.info("starting", host=settings.host, port=settings.port, db=settings.db)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.shutdown_grace,
-        handle_signals=True,
-    )
+    port = sock.getsockname()[1]
+    log.info("listening", url=f"http://{settings.host}:{port}", db=settings.db)
+    try:
+        web.run_app(
+            app,
+            sock=sock,
+            access_log=None,
+            print=None,
+            shutdown_timeout=settings.shutdown_grace,
+            handle_signals=True,
+        )
+    except StoreLocked as exc:
+        print(f"agentstream: {exc}", file=sys.stderr)
+        return EXIT_STORE_LOCKED
     return 0
 
 

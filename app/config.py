@@ -36,6 +36,11 @@ class Settings(msgspec.Struct, kw_only=True):
     store_batch: int = 2000
     store_high_water: int = 20_000
     store_low_water: int = 5_000
+    # Seconds the store may fail (disk full, read-only, I/O errors) before open runs end
+    # ``failed {store_unavailable}``; new runs get 503 from the first failure.
+    store_fail_timeout: float = 10.0
+    # Seconds a start, answer or cancel waits for its events to commit before a 503.
+    ack_timeout: float = 10.0
     # Finished conversations idle longer than this are deleted (0: keep forever).
     retention: float = 0.0
     retention_sweep: float = 60.0
@@ -73,7 +78,7 @@ class Settings(msgspec.Struct, kw_only=True):
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0..65535")
         for name in ("input_timeout", "run_timeout", "shutdown_grace", "retention_sweep",
-                     "schedule_min_interval"):
+                     "schedule_min_interval", "store_fail_timeout", "ack_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.max_conversations < 1:
@@ -124,6 +129,8 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "store_batch": ("max operations per store transaction", int),
     "store_high_water": ("pending store ops at which producers pause", int),
     "store_low_water": ("pending store ops at which producers resume", int),
+    "store_fail_timeout": ("seconds the store may fail before open runs end failed", float),
+    "ack_timeout": ("seconds a start/answer/cancel waits for its commit before 503", float),
     "retention": ("seconds a finished conversation is kept (0: forever)", float),
     "retention_sweep": ("seconds between retention sweeps", float),
     "max_conversations": ("idle conversations kept in memory", int),

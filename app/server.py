@@ -22,6 +22,7 @@ from app.auth.cors import setup_cors
 from app.auth.limits import ConnectionLimiter, RunRateLimiter
 from app.config import Settings
 from app.engine.engine import Engine
+from app.engine.retention import retention_loop
 from app.errors import AgentstreamError
 from app.fanout.hub import Hub
 from app.metrics import PUBLISHED, observe_store_batch
@@ -29,6 +30,7 @@ from app.schedules.scheduler import SCHEDULER, Scheduler, scheduler_ctx
 from app.schedules.store import ScheduleStore
 from app.state import STATE, State
 from app.store.base import EventStore
+from app.store.memory import MemoryEventStore
 from app.store.sqlite import SqliteEventStore
 
 log = structlog.get_logger(__name__)
@@ -87,6 +89,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "internal error")
 
 
+def open_store(settings: Settings) -> EventStore:
+    """The store the settings name: a SQLite file, or memory for ``--db :memory:``."""
+    if settings.db == ":memory:":
+        return MemoryEventStore(
+            batch_max=settings.store_batch, high_water=settings.store_high_water,
+            low_water=settings.store_low_water, fail_timeout=settings.store_fail_timeout)
+    return SqliteEventStore(
+        settings.db, batch_max=settings.store_batch, high_water=settings.store_high_water,
+        low_water=settings.store_low_water, fail_timeout=settings.store_fail_timeout)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -95,12 +108,7 @@ def create_app(
 ) -> web.Application:
     settings = settings or Settings()
     settings.validate()
-    store = store or SqliteEventStore(
-        settings.db,
-        batch_max=settings.store_batch,
-        high_water=settings.store_high_water,
-        low_water=settings.store_low_water,
-    )
+    store = store or open_store(settings)
     store.batch_observer = observe_store_batch
     hub = Hub(settings.replay_cache_bytes)
     hub.on_published = PUBLISHED.inc
@@ -108,7 +116,7 @@ def create_app(
     engine = Engine(
         store, hub, agents,
         input_timeout=settings.input_timeout, run_timeout=settings.run_timeout,
-        max_conversations=settings.max_conversations,
+        max_conversations=settings.max_conversations, ack_timeout=settings.ack_timeout,
     )
     auth = Authenticator(
         settings.auth,
@@ -151,7 +159,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await st.store.open()
     interrupted = await st.engine.recover()
     log.info("store_opened", store=type(st.store).__name__, interrupted_runs=interrupted)
-    sweeper = asyncio.create_task(_retention_loop(st), name="retention")
+    sweeper = asyncio.create_task(_retention(app), name="retention")
     try:
         yield
     finally:
@@ -160,24 +168,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await sweeper
         # Runs that are still open (no graceful shutdown happened) end interrupted now.
         await st.engine.shutdown(st.settings.shutdown_grace)
-        await st.store.close()
+        lost = await st.store.close(timeout=st.settings.shutdown_grace)
+        if lost:
+            log.error("store_closed_with_unwritten_units", units=lost)
         await st.agents.close()
         log.info("store_closed")
 
 
-async def _retention_loop(st: State) -> None:
+async def _retention(app: web.Application) -> None:
+    st = app[STATE]
     if st.settings.retention <= 0:
         return
-    while True:
-        await asyncio.sleep(st.settings.retention_sweep)
-        try:
-            cutoff = int((time.time() - st.settings.retention) * 1000)
-            deleted = await st.store.expire_conversations(cutoff)
-            if deleted:
-                st.engine.forget_conversations(deleted)
-                log.info("conversations_expired", count=len(deleted))
-        except Exception:
-            log.exception("retention_sweep_failed")
+    scheduler = app[SCHEDULER]
+    await retention_loop(st.engine, st.settings.retention, st.settings.retention_sweep,
+                         scheduler.conversation_ids)
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -242,3 +242,10 @@ EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)
 
 # Control events are never merged or dropped by a catching-up sink; only chunks merge.
 MERGEABLE_TYPES: frozenset[str] = frozenset({"message_chunk", "reasoning"})
+
+# Lifecycle events: written by the engine only (PROTOCOL.md's "run lifecycle" group plus
+# ``conversation_started``); an agent may not emit them.
+LIFECYCLE_TYPES: frozenset[str] = frozenset(
+    {"conversation_started", "run_started", "require_user_input", "user_input_received",
+     "run_cancelling", "done"}
+)

@@ -361,7 +361,7 @@ def _events(n: int) -> list[Any]:
 
 
 async def _store_product(path: Path, n: int) -> float:
-    from app.store.base import AppendEvent
+    from app.store.ops import AppendEvent
     from app.store.sqlite import SqliteEventStore
 
     events = _events(n)

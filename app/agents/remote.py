@@ -21,7 +21,7 @@ import structlog
 
 from app.agents.base import MISSING, Agent, AgentError, RunContext
 from app.agents.http_client import LazySession, backoff_delay, backoff_delays, read_error_text
-from app.store.base import now_ms
+from app.clock import now_ms
 from protocol.codec import decode_event
 from protocol.events import (
     Done,

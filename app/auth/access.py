@@ -7,9 +7,9 @@ from aiohttp import web
 
 from app.auth.authenticator import Principal
 from app.engine.engine import Engine
-from app.engine.runs import Conversation
+from app.engine.state import Conversation
 from app.errors import Forbidden, not_found
-from app.store.base import RunRecord
+from app.store.records import RunRecord
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from app.agents.base import AgentInputError
 from app.auth.authenticator import Principal
+from app.clock import now_ms
 from app.engine.engine import Engine, new_id
 from app.errors import AgentstreamError, InvalidInput, LimitExceeded, not_found
 from app.schedules.store import ScheduleStore
@@ -35,8 +35,6 @@ MAX_IDLE = 30.0
 START_TIMEOUT = 30.0
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Scheduler:
@@ -99,6 +97,10 @@ class Scheduler:
         log.info("schedule_created", schedule_id=schedule.schedule_id, agent=schedule.agent,
                  interval=schedule.interval_seconds, conversation_id=schedule.conversation_id)
         return schedule
+
+    def conversation_ids(self) -> set[str]:
+        """Conversations the schedules run in: retention keeps them."""
+        return {s.conversation_id for s in self._schedules.values()}
 
     def list(self, viewer: Principal | None = None) -> list[Schedule]:
         mine = [s for s in self._schedules.values()

@@ -1,8 +1,10 @@
-"""Persistence: the EventStore interface, SQLite (default) and memory implementations."""
+"""Persistence: the EventStore interface, its shared writer, SQLite (default) and memory."""
 
-from app.store.base import ConversationRecord, EventStore, RunRecord, StoreUnavailable
+from app.store.base import EventStore, StoreLocked
 from app.store.memory import MemoryEventStore
+from app.store.records import ConversationRecord, RunRecord
 from app.store.sqlite import SqliteEventStore
+from app.store.writer import StoreRejected, StoreUnavailable
 
 __all__ = [
     "ConversationRecord",
@@ -10,5 +12,7 @@ __all__ = [
     "MemoryEventStore",
     "RunRecord",
     "SqliteEventStore",
+    "StoreLocked",
+    "StoreRejected",
     "StoreUnavailable",
 ]

@@ -1,7 +1,7 @@
-"""In-memory EventStore: the same batching writer and semantics as SQLite, no disk.
+"""In-memory EventStore: the same writer and semantics as SQLite, no disk.
 
-For unit tests and for throwaway local runs (``--db :memory:`` uses SQLite's own memory
-database instead; this twin exists so engine tests need no file at all).
+For tests and throwaway local runs (``--db :memory:``). Runs and conversations are kept as
+the encoded snapshots the writer was given, so a read never aliases the engine's live state.
 """
 
 from __future__ import annotations
@@ -9,55 +9,67 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from app.store.base import (
+from app.store.base import EventStore
+from app.store.ops import AppendEvent, ExpireConversations, Op, PutConversation, PutRun
+from app.store.records import (
     UNFINISHED,
-    AppendEvent,
     ConversationRecord,
-    EventStore,
-    ExpireConversations,
-    Op,
-    PutConversation,
-    PutRun,
     RunRecord,
+    decode_conversation,
+    decode_run,
 )
 from protocol.codec import EncodedEvent
 
 
 class MemoryEventStore(EventStore):
+    path = ":memory:"
+
     async def _open(self) -> None:
         self._events: dict[str, list[EncodedEvent]] = {}
-        self._runs: dict[str, RunRecord] = {}
-        self._conversations: dict[str, ConversationRecord] = {}
+        self._runs: dict[str, PutRun] = {}
+        self._conversations: dict[str, PutConversation] = {}
         self._expired: set[str] = set()
 
     async def _close(self) -> None:
         pass
 
-    async def _write_batch(self, ops: Sequence[Op]) -> None:
+    async def _apply(self, ops: Sequence[Op]) -> None:
+        """All or nothing, like a transaction: check everything, then apply."""
+        tails: dict[str, int] = {}
         for op in ops:
-            if isinstance(op, AppendEvent):
-                log = self._events.setdefault(op.event.conversation_id, [])
-                if log and log[-1].seq >= op.event.seq:
-                    raise ValueError(f"duplicate seq {op.event!r}")
-                log.append(op.event)
+            if type(op) is AppendEvent:
+                ev = op.event
+                self.writer.faults.check_event(ev.body)
+                log = self._events.get(ev.conversation_id)
+                last = tails.get(ev.conversation_id, log[-1].seq if log else 0)
+                if ev.seq <= last:
+                    raise ValueError(f"duplicate seq {ev!r}")
+                tails[ev.conversation_id] = ev.seq
+        for op in ops:
+            if type(op) is AppendEvent:
+                self._events.setdefault(op.event.conversation_id, []).append(op.event)
             elif isinstance(op, PutRun):
-                self._runs[op.run.run_id] = op.run
+                self._runs[op.run_id] = op
             elif isinstance(op, PutConversation):
-                self._conversations[op.conversation.conversation_id] = op.conversation
+                self._conversations[op.conversation_id] = op
             elif isinstance(op, ExpireConversations):
-                busy = {r.conversation_id for r in self._runs.values() if r.status in UNFINISHED}
-                op.deleted = [
-                    cid
-                    for cid, c in self._conversations.items()
-                    if c.updated_at < op.cutoff and cid not in busy
-                ]
-                for cid in op.deleted:
-                    self._expired.add(cid)
-                    self._conversations.pop(cid, None)
-                    self._events.pop(cid, None)
-                    for rid in [r.run_id for r in self._runs.values() if r.conversation_id == cid]:
-                        del self._runs[rid]
-                        self._expired.add(rid)
+                op.deleted = self._expire(op.ids, op.cutoff)
+
+    def _busy(self) -> set[str]:
+        return {r.conversation_id for r in self._runs.values() if r.status in UNFINISHED}
+
+    def _expire(self, ids: list[str], cutoff: int) -> list[str]:
+        busy = self._busy()
+        deleted = [cid for cid in ids if cid in self._conversations
+                   and self._conversations[cid].updated_at < cutoff and cid not in busy]
+        for cid in deleted:
+            self._expired.add(cid)
+            del self._conversations[cid]
+            self._events.pop(cid, None)
+            for rid in [r.run_id for r in self._runs.values() if r.conversation_id == cid]:
+                del self._runs[rid]
+                self._expired.add(rid)
+        return deleted
 
     async def read_events(
         self,
@@ -68,7 +80,7 @@ class MemoryEventStore(EventStore):
         until: int | None = None,
     ) -> list[EncodedEvent]:
         log = self._events.get(conversation_id, [])
-        start = bisect.bisect_right([e.seq for e in log], after)
+        start = bisect.bisect_right(log, after, key=lambda e: e.seq)
         out: list[EncodedEvent] = []
         for ev in log[start:]:
             if until is not None and ev.seq > until:
@@ -84,17 +96,25 @@ class MemoryEventStore(EventStore):
         return log[-1].seq if log else 0
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        return self._runs.get(run_id)
+        op = self._runs.get(run_id)
+        return decode_run(op.body) if op is not None else None
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
-        return self._conversations.get(conversation_id)
+        op = self._conversations.get(conversation_id)
+        return decode_conversation(op.body) if op is not None else None
 
     async def unfinished_runs(self) -> list[RunRecord]:
-        return [r for r in self._runs.values() if r.status in UNFINISHED]
+        return [decode_run(r.body) for r in self._runs.values() if r.status in UNFINISHED]
 
-    async def count_run_events(self, run: RunRecord) -> int:
-        log = self._events.get(run.conversation_id, [])
-        return sum(1 for e in log if e.run_id == run.run_id)
+    async def run_events(self, run: RunRecord) -> tuple[int, EncodedEvent | None]:
+        mine = [e for e in self._events.get(run.conversation_id, []) if e.run_id == run.run_id]
+        done = next((e for e in reversed(mine) if e.type == "done"), None)
+        return len(mine), done
+
+    async def expirable(self, cutoff: int, limit: int) -> list[str]:
+        busy = self._busy()
+        return [cid for cid, c in self._conversations.items()
+                if c.updated_at < cutoff and cid not in busy][:limit]
 
     async def is_expired(self, ident: str) -> bool:
         return ident in self._expired

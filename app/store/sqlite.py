@@ -14,6 +14,9 @@ of 256 rows take a few ms.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,19 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import msgspec
 
-from app.store.base import (
-    UNFINISHED,
+from app.clock import now_ms
+from app.store.base import EventStore, StoreLocked
+from app.store.ops import (
     AppendEvent,
-    ConversationRecord,
-    EventStore,
     ExpireConversations,
     Op,
     PutConversation,
     PutRun,
+)
+from app.store.records import (
+    UNFINISHED,
+    ConversationRecord,
     RunRecord,
-    now_ms,
+    decode_conversation,
+    decode_run,
 )
 from protocol.codec import EncodedEvent
 
@@ -78,9 +84,6 @@ CREATE TABLE IF NOT EXISTS expired (
 # Rows per multi-row INSERT (7 parameters each; capped by the library's variable limit).
 INSERT_CHUNK = 256
 
-_run_decoder = msgspec.json.Decoder(RunRecord)
-_conv_decoder = msgspec.json.Decoder(ConversationRecord)
-_encoder = msgspec.json.Encoder()
 
 
 async def _connect(path: str) -> aiosqlite.Connection:
@@ -112,10 +115,33 @@ class SqliteEventStore(EventStore):
         self._wexec: ThreadPoolExecutor | None = None
         self._chunk = INSERT_CHUNK
         self._r: aiosqlite.Connection | None = None
+        self._lock_fd: int | None = None
+
+    def _take_lock(self) -> None:
+        """One process per database: an exclusive ``flock`` on ``<db>.lock``, taken before
+        the database is opened (opening it already writes: WAL mode, the schema). The
+        kernel drops the lock when the process dies, so a SIGKILL leaves nothing stale."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(
+                f"{self.path} is in use by another agentstream process (lock {lock_path})"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if self.path == ":memory:":
+            raise ValueError("SQLite needs a file: use MemoryEventStore for :memory:")
+        self._take_lock()
         self._wexec = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
         self._w = await loop.run_in_executor(self._wexec, _connect_writer, self.path)
@@ -132,26 +158,30 @@ class SqliteEventStore(EventStore):
             self._wexec.shutdown(wait=True)
         self._r = self._w = None
         self._wexec = None
+        self._release_lock()
 
     @property
     def _reader(self) -> aiosqlite.Connection:
         assert self._r is not None, "store is not open"
         return self._r
 
-    async def _write_batch(self, ops: Sequence[Op]) -> None:
+    async def _apply(self, ops: Sequence[Op]) -> None:
         assert self._wexec is not None
-        await asyncio.get_running_loop().run_in_executor(self._wexec, self._apply, ops)
+        await asyncio.get_running_loop().run_in_executor(self._wexec, self._apply_sync, ops)
 
-    def _apply(self, ops: Sequence[Op]) -> None:
+    def _apply_sync(self, ops: Sequence[Op]) -> None:
         """On the writer thread: the whole batch in one transaction."""
         db = self._w
         assert db is not None
         db.execute("BEGIN")
         try:
             rows: list[Any] = []
+            faults = self.writer.faults
             for op in ops:
                 if type(op) is AppendEvent:
                     ev = op.event
+                    if faults.marker is not None:
+                        faults.check_event(ev.body)
                     rows += (ev.conversation_id, ev.seq, ev.run_id, ev.type, ev.item_id, op.ts,
                              ev.body)
                     continue
@@ -159,25 +189,25 @@ class SqliteEventStore(EventStore):
                     self._insert_events(db, rows)
                     rows = []
                 if isinstance(op, PutRun):
-                    r = op.run
                     db.execute(
                         "INSERT OR REPLACE INTO runs VALUES (?,?,?,?)",
-                        (r.run_id, r.conversation_id, r.status, _encoder.encode(r)),
+                        (op.run_id, op.conversation_id, op.status, op.body),
                     )
                 elif isinstance(op, PutConversation):
-                    c = op.conversation
                     db.execute(
                         "INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?)",
-                        (c.conversation_id, c.owner, c.created_at, c.updated_at,
-                         _encoder.encode(c)),
+                        (op.conversation_id, op.owner, op.created_at, op.updated_at, op.body),
                     )
                 elif isinstance(op, ExpireConversations):
-                    op.deleted = self._expire(db, op.cutoff)
+                    op.deleted = self._expire(db, op.ids, op.cutoff)
             if rows:
                 self._insert_events(db, rows)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed ROLLBACK (the disk is gone too) must not hide the error that matters.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
     def _insert_events(self, db: sqlite3.Connection, flat: list[Any]) -> None:
@@ -222,24 +252,38 @@ class SqliteEventStore(EventStore):
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         row = await self._read_one("SELECT record FROM runs WHERE id=?", (run_id,))
-        return _run_decoder.decode(row[0]) if row else None
+        return decode_run(row[0]) if row else None
 
     async def get_conversation(self, conversation_id: str) -> ConversationRecord | None:
         row = await self._read_one("SELECT record FROM conversations WHERE id=?",
                                    (conversation_id,))
-        return _conv_decoder.decode(row[0]) if row else None
+        return decode_conversation(row[0]) if row else None
 
     async def unfinished_runs(self) -> list[RunRecord]:
         marks = ",".join("?" * len(UNFINISHED))
         rows = await self._read(f"SELECT record FROM runs WHERE status IN ({marks})", UNFINISHED)
-        return [_run_decoder.decode(r[0]) for r in rows]
+        return [decode_run(r[0]) for r in rows]
 
-    async def count_run_events(self, run: RunRecord) -> int:
-        row = await self._read_one(
-            "SELECT count(*) FROM events WHERE conversation_id=? AND seq>=? AND run_id=?",
+    async def run_events(self, run: RunRecord) -> tuple[int, EncodedEvent | None]:
+        rows = await self._read(
+            "SELECT count(*), max(CASE WHEN type='done' THEN seq END) FROM events "
+            "WHERE conversation_id=? AND seq>=? AND run_id=?",
             (run.conversation_id, run.first_seq, run.run_id),
         )
-        return int(row[0]) if row else 0
+        count, done_seq = (rows[0][0], rows[0][1]) if rows else (0, None)
+        if done_seq is None:
+            return int(count or 0), None
+        done = await self.read_events(run.conversation_id, done_seq - 1, 1)
+        return int(count), done[0] if done else None
+
+    async def expirable(self, cutoff: int, limit: int) -> list[str]:
+        marks = ",".join("?" * len(UNFINISHED))
+        rows = await self._read(
+            "SELECT id FROM conversations WHERE updated_at < ? AND id NOT IN "
+            f"(SELECT conversation_id FROM runs WHERE status IN ({marks})) LIMIT ?",
+            (cutoff, *UNFINISHED, limit),
+        )
+        return [str(r[0]) for r in rows]
 
     async def _read(self, sql: str, args: Sequence[Any]) -> list[Any]:
         """Run and fetch in one hop to the reader thread.
@@ -255,13 +299,13 @@ class SqliteEventStore(EventStore):
         rows = await self._read(sql, args)
         return rows[0] if rows else None
 
-    def _expire(self, db: sqlite3.Connection, cutoff: int) -> list[str]:
+    def _expire(self, db: sqlite3.Connection, candidates: list[str], cutoff: int) -> list[str]:
         marks = ",".join("?" * len(UNFINISHED))
-        ids = [str(r[0]) for r in db.execute(
-            "SELECT id FROM conversations WHERE updated_at < ? AND id NOT IN "
-            f"(SELECT conversation_id FROM runs WHERE status IN ({marks}))",
-            (cutoff, *UNFINISHED),
-        ).fetchall()]
+        ids = [cid for cid in candidates if db.execute(
+            "SELECT 1 FROM conversations WHERE id=? AND updated_at < ? AND id NOT IN "
+            f"(SELECT conversation_id FROM runs WHERE conversation_id=? AND status IN ({marks}))",
+            (cid, cutoff, cid, *UNFINISHED),
+        ).fetchone() is not None]
         run_ids = [(str(r[0]),) for cid in ids for r in db.execute(
             "SELECT id FROM runs WHERE conversation_id=?", (cid,)).fetchall()]
         stamp = now_ms()

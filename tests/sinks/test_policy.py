@@ -230,6 +230,7 @@ async def test_a_million_events_as_fast_as_possible_keep_memory_bounded(
     assert peak_pending <= 20_000 + 10, "producers paused at the high-water mark"
     growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert growth_mb < 150, f"memory grew {growth_mb:.0f} MB"
+    await st.store.flush()  # GET /v1/runs tells committed state only: wait for the done
     async with http.get(url(server, f"/v1/runs/{run['run_id']}")) as r:
         info = await r.json()
     assert info["status"] == "completed" and info["events"] == 1_000_003

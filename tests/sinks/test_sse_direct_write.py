@@ -75,7 +75,16 @@ async def test_live_subscribers_get_every_event_once_in_order(
     setup = await _start(http, server, input={"tokens": 0, "reasoning": False,
                                               "tool_call": False})
     cid = setup["conversation_id"]
-    run = dict(await (await http.get(url(server, f"/v1/runs/{setup['run_id']}"))).json())
+    run: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        run.update(await (await http.get(url(server, f"/v1/runs/{setup['run_id']}"))).json())
+        return "done_seq" in run
+
+    for _ in range(100):  # GET tells committed state: wait for the done to commit
+        if await ended():
+            break
+        await asyncio.sleep(0.02)
     after = str(run["done_seq"])
     headers = {"Last-Event-ID": after}
 

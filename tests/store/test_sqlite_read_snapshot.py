@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from app.store.base import AppendEvent
+from app.store.ops import AppendEvent
 from app.store.sqlite import SqliteEventStore
 from protocol.codec import EncodedEvent
 from protocol.events import MessageChunk, MessageChunkData

@@ -8,17 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from app.store.base import (
-    AppendEvent,
-    ConversationRecord,
-    EventStore,
-    PutConversation,
-    PutRun,
-    RunRecord,
-    StoreUnavailable,
-)
+from app.store.base import EventStore
 from app.store.memory import MemoryEventStore
+from app.store.ops import AppendEvent, PutConversation, PutRun
+from app.store.records import ConversationRecord, RunRecord
 from app.store.sqlite import SqliteEventStore
+from app.store.writer import StoreUnavailable
 from protocol.codec import EncodedEvent
 
 
@@ -65,14 +60,14 @@ async def test_read_filters_by_run_and_until(store: EventStore) -> None:
 
 
 async def test_runs_conversations_and_unfinished(store: EventStore) -> None:
-    store.enqueue(PutConversation(ConversationRecord("c1", 1, 1, owner="u")))
-    store.enqueue(PutRun(RunRecord("r1", "c1", "demo", "running", 1)))
-    store.enqueue(PutRun(RunRecord("r2", "c1", "demo", "completed", 1)))
+    store.enqueue(PutConversation.of(ConversationRecord("c1", 1, 1, owner="u")))
+    store.enqueue(PutRun.of(RunRecord("r1", "c1", "demo", "running", 1)))
+    store.enqueue(PutRun.of(RunRecord("r2", "c1", "demo", "completed", 1)))
     await store.flush()
     conv = await store.get_conversation("c1")
     assert conv is not None and conv.owner == "u"
     assert [r.run_id for r in await store.unfinished_runs()] == ["r1"]
-    store.enqueue(PutRun(RunRecord("r1", "c1", "demo", "cancelled", 1)))
+    store.enqueue(PutRun.of(RunRecord("r1", "c1", "demo", "cancelled", 1)))
     await store.flush()
     assert await store.unfinished_runs() == []
     got = await store.get_run("r1")
@@ -98,13 +93,13 @@ async def test_wait_for_room_times_out_when_writer_is_stuck() -> None:
     s = MemoryEventStore(high_water=5, low_water=1, stall_timeout=0.1)
     await s.open()
     gate = asyncio.Event()
-    real = s._write_batch
+    real = s._apply
 
     async def stuck(ops):  # type: ignore[no-untyped-def]
         await gate.wait()
         await real(ops)
 
-    s._write_batch = stuck  # type: ignore[method-assign]
+    s.writer._apply = stuck  # type: ignore[method-assign]
     for i in range(1, 10):
         s.enqueue(AppendEvent(ev("c", i), i))
     with pytest.raises(StoreUnavailable):
@@ -131,12 +126,15 @@ async def test_reopened_file_holds_every_acknowledged_event(tmp_path: Path) -> N
 
 
 async def test_expire_drops_only_idle_finished_conversations(store: EventStore) -> None:
-    store.enqueue(PutConversation(ConversationRecord("old", 1, 10)))
-    store.enqueue(PutConversation(ConversationRecord("busy", 1, 10)))
-    store.enqueue(PutConversation(ConversationRecord("new", 1, 1000)))
-    store.enqueue(PutRun(RunRecord("r", "busy", "demo", "running", 1)))
+    store.enqueue(PutConversation.of(ConversationRecord("old", 1, 10)))
+    store.enqueue(PutConversation.of(ConversationRecord("busy", 1, 10)))
+    store.enqueue(PutConversation.of(ConversationRecord("new", 1, 1000)))
+    store.enqueue(PutRun.of(RunRecord("r", "busy", "demo", "running", 1)))
     store.enqueue(AppendEvent(ev("old", 1), 1))
-    deleted = await store.expire_conversations(cutoff=500)
+    await store.flush()
+    assert sorted(await store.expirable(500, 10)) == ["old"]
+    # "busy" is offered anyway: the transaction re-checks and keeps it
+    deleted = await store.expire_conversations(["old", "busy", "new"], cutoff=500)
     assert deleted == ["old"]
     assert await store.get_conversation("old") is None
     assert await store.read_events("old", 0, 10) == []

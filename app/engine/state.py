@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from app.store.base import ConversationRecord, RunRecord
+from app.store.records import ConversationRecord, RunRecord
+from protocol.messages import ErrorDetail
 
 if TYPE_CHECKING:
     from app.agents.base import Agent
@@ -22,6 +23,9 @@ class Conversation:
     active_runs: int = 0
     # time.monotonic() of the last lookup, so a reference just handed out is never evicted.
     used_at: float = field(default_factory=time.monotonic)
+    # The store rejected a write of this conversation: this object's seq counter is no
+    # longer the truth; nothing more may be numbered through it (a fresh one is loaded).
+    broken: bool = False
 
 
 @dataclass
@@ -38,13 +42,23 @@ class ActiveRun:
     conversation: Conversation
     agent: Agent
     parsed_input: Any
+    # The run row as last committed: what readers are told (never an uncommitted state).
+    visible: RunRecord
     task: asyncio.Task[None] | None = None
     agent_task: asyncio.Task[None] | None = None
     pending: PendingRequest | None = None
     expired: set[str] = field(default_factory=set)
     cancel_requested: bool = False
     shutting_down: bool = False
+    # Set when the run must end ``failed`` for a reason outside the agent (store trouble).
+    failure: ErrorDetail | None = None
     ended: bool = False
+    # Resolved by the run's driver once ``run_started`` committed (or failed): the one
+    # decision ``start`` waits for.
+    started: asyncio.Future[None] | None = None
+    # perf_counter() marks for the emit fairness rule (lifecycle.RunLifecycle.emit).
+    burst_started: float = 0.0
+    last_emit: float = 0.0
 
     @property
     def run_id(self) -> str:
