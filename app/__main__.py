@@ -15,6 +15,7 @@ from aiohttp import web
 
 from app.config import load_settings
 from app.logging import configure
+from app.state import STATE
 from app.store.base import StoreLocked
 
 EXIT_CONFIG = 2
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening_beyond_loopback", host=settings.host,
                     hint="no authentication is configured")
+    try:
+        app[STATE].store.take_lock()
+    except StoreLocked as exc:
+        sock.close()
+        print(f"agentstream: {exc}", file=sys.stderr)
+        return EXIT_STORE_LOCKED
     port = sock.getsockname()[1]
     log.info("listening", url=f"http://{settings.host}:{port}", db=settings.db)
     try:

@@ -60,6 +60,22 @@ INPUT_PENDING = Gauge(
     "agentstream_input_requests_pending", "require_user_input requests awaiting an answer",
     registry=REGISTRY,
 )
+STORE_HEALTHY = Gauge(
+    "agentstream_store_healthy", "1 while the store's last batch committed, 0 while failing",
+    registry=REGISTRY,
+)
+STORE_FAILING_SECONDS = Gauge(
+    "agentstream_store_failing_seconds", "How long the store has been failing (0: healthy)",
+    registry=REGISTRY,
+)
+STORE_REJECTED = Gauge(
+    "agentstream_store_rejected_units", "Units the database refused for good (since start)",
+    registry=REGISTRY,
+)
+FAULTS_ENABLED = Gauge(
+    "agentstream_faults_enabled", "1 when AGENTSTREAM_FAULTS injects store faults (tests only)",
+    registry=REGISTRY,
+)
 LIMITED = Counter(
     "agentstream_requests_limited", "Requests refused by a limit", ["limit"], registry=REGISTRY
 )

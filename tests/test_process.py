@@ -211,3 +211,62 @@ async def test_metrics_exposes_the_operational_series(
         "agentstream_input_requests_pending 1.0",
     ):
         assert series in text, series
+
+
+async def test_second_instance_on_the_same_database_exits_at_once_having_written_nothing(
+    tmp_path: Path, procs: list[ServerProcess]
+) -> None:
+    """Issue 10 bug 2: a second process ran recovery over the first one's live runs."""
+    db = tmp_path / "shared.db"
+    first = ServerProcess(db)
+    procs.append(first)
+    await first.start()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(first.base + "/v1/runs", json={
+                "agent": "demo", "input": {"tokens": 1000, "delay_ms": 5}}) as r:
+            assert r.status == 202
+            run = await r.json()
+        before = db.stat().st_mtime_ns, (tmp_path / "shared.db-wal").stat().st_size
+        second = subprocess.run(
+            [sys.executable, "-m", "app", "--port", "0", "--db", str(db)],
+            capture_output=True, text=True, timeout=30)
+        assert second.returncode == 4
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "in use by another agentstream process" in lines[0]
+        assert db.stat().st_mtime_ns == before[0]
+        # the first process is unharmed: its run goes on and its events are delivered
+        async with http.get(f"{first.base}/v1/runs/{run['run_id']}") as r:
+            assert (await r.json())["status"] == "running"
+        async with http.get(f"{first.base}/readyz") as r:
+            assert r.status == 200
+
+
+async def test_port_in_use_is_one_line_and_touches_no_database(tmp_path: Path,
+                                                               procs: list[ServerProcess]) -> None:
+    first = ServerProcess(tmp_path / "a.db")
+    procs.append(first)
+    await first.start()
+    other = tmp_path / "b.db"
+    res = subprocess.run(
+        [sys.executable, "-m", "app", "--port", str(first.port), "--db", str(other)],
+        capture_output=True, text=True, timeout=30)
+    assert res.returncode == 3
+    assert len(res.stderr.strip().splitlines()) == 1 and "cannot listen" in res.stderr
+    assert not other.exists()
+
+
+async def test_memory_database_serves_a_run(tmp_path: Path) -> None:
+    """Issue 10 bug 15: ``--db :memory:`` was offered by --help but crashed at start."""
+    proc = ServerProcess(Path(":memory:"))
+    proc.log_path = tmp_path / "mem.log"
+    try:
+        await proc.start()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(proc.base + "/v1/runs", json={
+                    "agent": "demo", "input": {"tokens": 3, "delay_ms": 0}}) as r:
+                run = await r.json()
+            events = await read_events(http, proc.base + run["events_url"])
+        assert [e["seq"] for e in events] == list(range(2, 2 + len(events)))
+        assert events[-1]["type"] == "done" and events[-1]["data"]["events"] == len(events)
+    finally:
+        proc.stop()

@@ -23,6 +23,11 @@ async def scrape(request: web.Request) -> web.Response:
         metrics.QUEUE_DEPTH.labels(transport).set(depth[transport])
         metrics.LAGGING.labels(transport).set(lagging[transport])
     metrics.STORE_PENDING.set(st.store.pending)
+    writer = st.store.writer
+    metrics.STORE_HEALTHY.set(1 if writer.healthy else 0)
+    metrics.STORE_FAILING_SECONDS.set(writer.failing_for())
+    metrics.STORE_REJECTED.set(writer.rejected_units)
+    metrics.FAULTS_ENABLED.set(1 if writer.faults.enabled else 0)
     st.engine.refresh_gauges()
     return web.Response(
         body=generate_latest(metrics.REGISTRY),

@@ -43,6 +43,10 @@ class EventStore(ABC):
 
     # ---- lifecycle ----------------------------------------------------------------------
 
+    def take_lock(self) -> None:
+        """Claim the database for this process (raise ``StoreLocked`` if another has it);
+        ``open`` does it too. A store without a file has nothing to claim."""
+
     async def open(self) -> None:
         await self._open()
         self.writer.start()

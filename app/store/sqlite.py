@@ -117,10 +117,12 @@ class SqliteEventStore(EventStore):
         self._r: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
 
-    def _take_lock(self) -> None:
+    def take_lock(self) -> None:
         """One process per database: an exclusive ``flock`` on ``<db>.lock``, taken before
         the database is opened (opening it already writes: WAL mode, the schema). The
         kernel drops the lock when the process dies, so a SIGKILL leaves nothing stale."""
+        if self._lock_fd is not None:
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path + ".lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -141,7 +143,7 @@ class SqliteEventStore(EventStore):
     async def _open(self) -> None:
         if self.path == ":memory:":
             raise ValueError("SQLite needs a file: use MemoryEventStore for :memory:")
-        self._take_lock()
+        self.take_lock()
         self._wexec = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
         self._w = await loop.run_in_executor(self._wexec, _connect_writer, self.path)
