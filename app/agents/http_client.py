@@ -1,5 +1,5 @@
 """HTTP plumbing shared by agents that call other servers: one lazily created session per
-agent, retry delays, and bounded reads of error bodies.
+agent, retry delays, the rule for what may be retried, and bounded reads of error bodies.
 
 A session is made on first use (inside the running loop, never at import or config time)
 and closed by the agent's ``close()`` at shutdown. Its own total timeout is off: a stream may
@@ -11,9 +11,44 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import msgspec
+
+
+class RequestProbe:
+    """Passed as a request's ``trace_request_ctx``: ``sent`` turns true when the request
+    starts to go out (its headers are written), i.e. the peer may have seen it."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+async def _on_headers_sent(_session: Any, ctx: SimpleNamespace, _params: Any) -> None:
+    probe = getattr(ctx, "trace_request_ctx", None)
+    if isinstance(probe, RequestProbe):
+        probe.sent = True
+
+
+def _probe_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    return trace
+
+
+def safe_to_retry(exc: BaseException, probe: RequestProbe) -> bool:
+    """Whether a failed request that is not idempotent (a POST that starts work) may be sent
+    again: only when none of it went out, i.e. connecting failed (refused, DNS, TLS, connect
+    timeout) or the deadline passed before a connection was made. Once the request was
+    written, the peer may be working on it and a repeat could do the work twice; a response
+    that started is never a reason to repeat either."""
+    if probe.sent:
+        return False
+    return isinstance(exc, aiohttp.ClientConnectorError | TimeoutError)
 
 
 class LazySession:
@@ -27,6 +62,7 @@ class LazySession:
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=None, sock_connect=self.connect_timeout, sock_read=None
                 ),
+                trace_configs=[_probe_trace()],
             )
         return self._session
 

@@ -2,8 +2,10 @@
 OpenAI-compatible server, its chunks re-emitted as agentstream events (``openai_stream``).
 
 Failure is always a coded ``done {failed}`` with the upstream's own message where it gave
-one. Retries (exponential backoff) happen only before the first response byte: after that
-the upstream may have started work, and a repeated request would be a second answer.
+one. Retries (exponential backoff) happen only while none of the request was sent (connect
+refused, DNS, connect timeout): once the POST went out the upstream may have started work,
+and a repeated request would be a second answer. Keep-alives in the stream (comments, empty
+data, ``data: heartbeat``-style bare words, ``event: ping``) are skipped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,14 @@ import msgspec
 import structlog
 
 from app.agents.base import Agent, AgentError, AgentInputError, RunContext
-from app.agents.http_client import LazySession, backoff_delays, read_error_text
-from app.agents.openai_stream import StreamMapper, decode_chunk
+from app.agents.http_client import (
+    LazySession,
+    RequestProbe,
+    backoff_delays,
+    read_error_text,
+    safe_to_retry,
+)
+from app.agents.openai_stream import StreamMapper, decode_chunk, error_text, is_keepalive
 from protocol.messages import AgentCard
 from protocol.sse_parser import SseParser, SseProtocolError
 
@@ -33,7 +41,7 @@ class OpenAIOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     base_url: str | None = None
     model: str | None = None
     connect_timeout: PositiveSeconds = 10.0
-    # Until the response status line arrives; retried.
+    # Until the response status line arrives; retried only if the request was not sent yet.
     first_byte_timeout: PositiveSeconds = 60.0
     # Longest silence between two reads once streaming; not retried.
     idle_timeout: PositiveSeconds = 120.0
@@ -143,7 +151,9 @@ class OpenAIRelayAgent(Agent):
         log.info("upstream_stream_ended", finish_reason=mapper.finish_reason)
 
     async def _open(self, prepared: _Prepared) -> aiohttp.ClientResponse:
-        """POST the request; retry connection failures and first-byte timeouts only."""
+        """POST the request. Retried only while nothing of it was sent (``safe_to_retry``):
+        the upstream may already be generating once it has the request, so a timeout or a
+        dropped connection after that fails the run instead of asking for a second answer."""
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -152,30 +162,41 @@ class OpenAIRelayAgent(Agent):
         attempt = 0
         while True:
             attempt += 1
+            probe = RequestProbe()
             try:
                 async with asyncio.timeout(self.options.first_byte_timeout):
                     return await self._http.get().post(prepared.url, data=payload,
-                                                       headers=headers)
-            except aiohttp.ConnectionTimeoutError:
-                code, message = "upstream_timeout", (
-                    f"connecting to the upstream timed out after {self.options.connect_timeout:g}s")
-            except TimeoutError:
-                code, message = "upstream_timeout", (
-                    f"no response from the upstream within {self.options.first_byte_timeout:g}s")
-            except aiohttp.ClientConnectorError as exc:
-                code, message = "upstream_unavailable", f"cannot connect to the upstream: {exc}"
-            except aiohttp.ServerDisconnectedError:
-                code, message = "upstream_disconnected", (
-                    "the upstream closed the connection before answering")
-            except aiohttp.ClientError as exc:
-                # Bytes arrived but were not HTTP: not retried.
-                raise AgentError("upstream_bad_response", f"invalid upstream response: {exc}"
-                                 ) from None
-            delay = next(delays, None)
+                                                       headers=headers, trace_request_ctx=probe)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                code, message = self._open_failure(exc, probe)
+                retry = safe_to_retry(exc, probe)
+            delay = next(delays, None) if retry else None
             if delay is None:
-                raise AgentError(code, f"{message} ({attempt} attempt{'s' * (attempt > 1)})")
+                tried = f"{attempt} attempt{'s' * (attempt > 1)}"
+                if not retry and probe.sent:
+                    tried += "; not retried: the upstream had the request"
+                raise AgentError(code, f"{message} ({tried})")
             log.warning("upstream_retry", attempt=attempt, code=code, delay=round(delay, 3))
             await asyncio.sleep(delay)
+
+    def _open_failure(self, exc: BaseException, probe: RequestProbe) -> tuple[str, str]:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return "upstream_timeout", (
+                f"connecting to the upstream timed out after {self.options.connect_timeout:g}s")
+        if isinstance(exc, TimeoutError):
+            if not probe.sent:
+                return "upstream_timeout", (
+                    f"could not reach the upstream within {self.options.first_byte_timeout:g}s")
+            return "upstream_timeout", (
+                f"no response from the upstream within {self.options.first_byte_timeout:g}s")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return "upstream_unavailable", f"cannot connect to the upstream: {exc}"
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionError):
+            return "upstream_disconnected", (
+                "the upstream closed the connection before answering"
+                f" ({exc or type(exc).__name__})")
+        # Bytes arrived but were not HTTP.
+        return "upstream_bad_response", f"invalid upstream response: {exc}"
 
     async def _pump(self, resp: aiohttp.ClientResponse, mapper: StreamMapper) -> None:
         parser = SseParser()
@@ -199,10 +220,15 @@ class OpenAIRelayAgent(Agent):
             except SseProtocolError as exc:
                 raise AgentError("upstream_bad_response", str(exc)) from None
             for event in events:
-                if event.data.strip() == "[DONE]":
+                data = event.data.strip()
+                if data == "[DONE]":
                     await mapper.finish(None)
                     return
-                await mapper.feed(decode_chunk(event.data))
+                if is_keepalive(event.event, data):
+                    continue
+                if event.event == "error":
+                    raise AgentError("upstream_error", error_text(data))
+                await mapper.feed(decode_chunk(data))
                 if mapper.finished:
                     return
 

@@ -9,6 +9,7 @@ message chunks completed by one ``message``; tool-call argument fragments are jo
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,32 @@ STOP_NOTICES = {
     "length": "the upstream stopped at its token limit",
     "content_filter": "the upstream withheld content (content filter)",
 }
+
+
+# What servers put in a stream to keep it open: ``: comment`` lines (never reach us), and
+# events whose data is empty or one bare word (JD Genie's relay and Spring's SseEmitter send
+# ``data:heartbeat``; others ``data: ping``, ``data: keep-alive``), or that are named so.
+KEEPALIVE_EVENTS = frozenset({"ping", "heartbeat", "keepalive", "keep-alive"})
+_BARE_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}")
+
+
+def is_keepalive(event: str, data: str) -> bool:
+    """True for an event carrying nothing (``data`` already stripped). A bare word is not
+    JSON, so it cannot be a chunk; anything longer (an HTML error page) still fails."""
+    return (not data or event.lower() in KEEPALIVE_EVENTS
+            or _BARE_WORD.fullmatch(data) is not None)
+
+
+def error_text(data: str) -> str:
+    """The message of an ``event: error`` whose data is JSON (``{"error": {...}}`` or the
+    error object itself) or plain text."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return data[:500]
+    if isinstance(body, dict) and "error" in body:
+        body = body["error"]
+    return error_message(body)
 
 
 def decode_chunk(data: str) -> ChatChunk:

@@ -1,17 +1,22 @@
 """Remote agents: an agent of another server speaking PROTOCOL.md, run as if it were local.
 
-The run starts there (``POST /v1/runs`` as SSE); its content events are re-emitted here with
-their types and item ids; its questions become local ``ctx.ask`` calls whose answers are
-forwarded; its ``done`` ends the local run the same way. A dropped stream resumes with
-``Last-Event-ID`` (the remote keeps the log), a local cancel or failure cancels the remote
-run, so nothing keeps running there for nobody.
+The run starts there (``POST /v1/runs`` as SSE, ``on_disconnect: "cancel"`` so a lost link
+stops it there); its content events are re-emitted here with their types and item ids; its
+questions become local ``ctx.ask`` calls whose answers are forwarded (retried: first answer
+wins there); its ``done`` ends the local run the same way. A dropped stream resumes with
+``Last-Event-ID`` (the remote keeps the log) within a bounded budget. A local cancel or
+failure cancels the remote run, also one cancelled before the remote named its run: the
+start request runs in its own task and the cancel is sent once the id arrives (bounded by
+``cancel_timeout``; past it the start stream is closed, which cancels by ``on_disconnect``).
+Only a start request of which nothing was sent is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -20,7 +25,14 @@ import msgspec
 import structlog
 
 from app.agents.base import MISSING, Agent, AgentError, RunContext
-from app.agents.http_client import LazySession, backoff_delay, backoff_delays, read_error_text
+from app.agents.http_client import (
+    LazySession,
+    RequestProbe,
+    backoff_delay,
+    backoff_delays,
+    read_error_text,
+    safe_to_retry,
+)
 from app.clock import now_ms
 from protocol.codec import decode_event
 from protocol.events import (
@@ -31,7 +43,7 @@ from protocol.events import (
     RequireUserInput,
 )
 from protocol.messages import AgentCard, AgentList
-from protocol.sse_parser import SseParser, SseProtocolError
+from protocol.sse_parser import SseEvent, SseParser, SseProtocolError
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +85,15 @@ class _RemoteRun:
     resume_failures: int = 0
     resumed_from: int = 0
     problem: str = ""
+
+
+@dataclass
+class _Stream:
+    """One open SSE response from the remote and what was read of it but not handled yet."""
+
+    resp: aiohttp.ClientResponse
+    parser: SseParser = field(default_factory=SseParser)
+    frames: list[SseEvent] = field(default_factory=list)
 
 
 class _StreamEnded(Exception):
@@ -158,53 +179,107 @@ class RemoteAgent(Agent):
         structlog.contextvars.bind_contextvars(remote=self.base)
         await self._ensure_ready()
         remote = _RemoteRun()
+        # The start request and the wait for the remote run's id run in their own task: a
+        # local cancel meanwhile must not abandon a run the remote may already have started.
+        opening = asyncio.create_task(self._open_run(input, remote),
+                                      name=f"remote-start:{ctx.run_id}")
         try:
-            resp = await self._start(input)
+            stream = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            await self._own(self._cancel_once_known(opening, remote),
+                            f"remote-cancel:{ctx.run_id}")
+            raise
+        structlog.contextvars.bind_contextvars(remote_run_id=remote.run_id)
+        log.info("remote_run_started")
+        try:
             while True:
                 try:
-                    await self._relay(ctx, resp, remote)
+                    await self._relay(ctx, stream, remote)
                     return
                 except _StreamEnded as exc:
-                    if remote.run_id is None:
-                        raise AgentError("remote_disconnected",
-                                         f"the remote stream ended before the run started: {exc}"
-                                         ) from None
                     remote.problem = str(exc)
-                    log.warning("remote_stream_dropped", remote_run_id=remote.run_id,
-                                last_seq=remote.last_seq, reason=remote.problem)
-                    resp = await self._resume(remote)
+                    log.warning("remote_stream_dropped", last_seq=remote.last_seq,
+                                reason=remote.problem)
+                    stream = _Stream(await self._resume(remote))
         except BaseException:
             # Cancelled here, failed here, or shut down: do not leave the remote run going.
-            if remote.run_id is not None and not remote.ended:
-                await self._cancel_remote_shielded(remote.run_id)
+            if not remote.ended and remote.run_id is not None:
+                await self._own(self._cancel_remote(remote.run_id),
+                                f"remote-cancel:{ctx.run_id}")
             raise
 
+    async def _open_run(self, input: Any, remote: _RemoteRun) -> _Stream:
+        """Start the remote run and read its stream up to the first event that names it
+        (``remote.run_id``); that event and any after it stay in ``frames``."""
+        stream = _Stream(await self._start(input))
+        try:
+            while True:
+                try:
+                    frames = await self._read(stream)
+                except _StreamEnded as exc:
+                    raise AgentError("remote_disconnected",
+                                     f"the remote stream ended before the run started: {exc}"
+                                     ) from None
+                for i, frame in enumerate(frames):
+                    run_id = self._decode(frame.data).run_id
+                    if run_id is not None:
+                        remote.run_id = run_id
+                        stream.frames = frames[i:]
+                        return stream
+        except BaseException:
+            # Closing the start stream cancels a remote run we cannot name (on_disconnect).
+            stream.resp.close()
+            raise
+
+    async def _cancel_once_known(self, opening: asyncio.Task[_Stream],
+                                 remote: _RemoteRun) -> None:
+        """After a local cancel during ``_open_run``: wait (bounded) for the remote run's id,
+        then cancel it there. If it never comes, the start stream is closed, which cancels
+        the remote run by its ``on_disconnect``."""
+        try:
+            async with asyncio.timeout(self.options.cancel_timeout):
+                stream = await opening
+        except TimeoutError:
+            log.warning("remote_cancel_without_run_id", reason="no first event in time")
+            return
+        except Exception:
+            return  # the start failed: there is no remote run to cancel
+        try:
+            assert remote.run_id is not None
+            await self._cancel_remote(remote.run_id)
+        finally:
+            stream.resp.close()
+
     async def _start(self, input: Any) -> aiohttp.ClientResponse:
+        """POST the run (as SSE, cancelled by the remote if this link drops). Retried only
+        while nothing was sent: a repeat after that could start the run twice."""
         opts = self.options
-        body = {"agent": opts.remote_agent, "input": input}
+        body = {"agent": opts.remote_agent, "input": input, "on_disconnect": "cancel"}
         delays = backoff_delays(opts.retries, opts.backoff)
         while True:
+            probe = RequestProbe()
             try:
                 async with asyncio.timeout(opts.request_timeout):
                     resp = await self._http.get().post(
                         f"{self.base}/v1/runs", json=body,
-                        headers={"Accept": "text/event-stream"},
+                        headers={"Accept": "text/event-stream"}, trace_request_ctx=probe,
                     )
                 break
-            except aiohttp.ClientConnectorError as exc:
-                # Nothing was sent, so trying again cannot start the run twice.
-                delay = next(delays, None)
-                if delay is None:
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                delay = next(delays, None) if safe_to_retry(exc, probe) else None
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+                if isinstance(exc, aiohttp.ClientConnectorError):
                     self._ready = False
-                    raise AgentError("remote_unavailable",
-                                     f"cannot connect to {self.base}: {exc}") from None
-                await asyncio.sleep(delay)
-            except TimeoutError:
-                raise AgentError("remote_unavailable",
-                                 f"{self.base} did not answer within {opts.request_timeout:g}s"
-                                 ) from None
-            except aiohttp.ClientError as exc:
-                raise AgentError("remote_unavailable", f"{self.base}: {exc}") from None
+                    message = f"cannot connect to {self.base}: {exc}"
+                elif isinstance(exc, TimeoutError):
+                    message = f"{self.base} did not answer within {opts.request_timeout:g}s"
+                else:
+                    message = f"{self.base}: {exc or type(exc).__name__}"
+                if probe.sent:
+                    message += " (not retried: the remote had the start request)"
+                raise AgentError("remote_unavailable", message) from None
         if resp.status == 200:
             return resp
         async with resp:
@@ -248,48 +323,51 @@ class RemoteAgent(Agent):
         code = "remote_unavailable" if resp.status in (502, 503, 504) else "remote_http_error"
         raise AgentError(code, f"{self.base} answered {resp.status} {doing}: {text}")
 
-    async def _relay(self, ctx: RunContext, resp: aiohttp.ClientResponse,
-                     remote: _RemoteRun) -> None:
+    async def _read(self, stream: _Stream) -> list[SseEvent]:
+        """The next frames of a stream; _StreamEnded if it broke, closed or went silent."""
+        while True:
+            try:
+                async with asyncio.timeout(self.options.idle_timeout):
+                    chunk = await stream.resp.content.readany()
+            except TimeoutError:
+                raise _StreamEnded(f"nothing for {self.options.idle_timeout:g}s") from None
+            except aiohttp.ClientError as exc:
+                raise _StreamEnded(str(exc) or type(exc).__name__) from None
+            if not chunk:
+                raise _StreamEnded("the remote closed the stream")
+            try:
+                frames = stream.parser.feed(chunk)
+            except SseProtocolError as exc:
+                raise AgentError("remote_bad_response", str(exc)) from None
+            if frames:
+                return frames
+
+    async def _relay(self, ctx: RunContext, stream: _Stream, remote: _RemoteRun) -> None:
         """Relay one stream until the remote ``done`` (returns or raises AgentError);
         raises _StreamEnded if the stream ends before it."""
-        parser = SseParser()
-        async with resp:
+        async with stream.resp:
             while True:
-                try:
-                    async with asyncio.timeout(self.options.idle_timeout):
-                        chunk = await resp.content.readany()
-                except TimeoutError:
-                    raise _StreamEnded(
-                        f"nothing for {self.options.idle_timeout:g}s") from None
-                except aiohttp.ClientError as exc:
-                    raise _StreamEnded(str(exc) or type(exc).__name__) from None
-                if not chunk:
-                    raise _StreamEnded("the remote closed the stream")
-                try:
-                    frames = parser.feed(chunk)
-                except SseProtocolError as exc:
-                    raise AgentError("remote_bad_response", str(exc)) from None
-                for frame in frames:
+                frames, stream.frames = stream.frames, []
+                for frame in frames or await self._read(stream):
                     if await self._on_event(ctx, frame.data, remote):
                         return
 
-    async def _on_event(self, ctx: RunContext, raw: str, remote: _RemoteRun) -> bool:
-        """Handle one remote event; True once it was the run's ``done``."""
+    @staticmethod
+    def _decode(raw: str) -> EventBase:
         try:
             event: EventBase = decode_event(raw)
         except msgspec.MsgspecError as exc:
             raise AgentError("remote_bad_response", f"unreadable remote event: {exc}") from None
-        if event.run_id is None:
-            return False
-        if remote.run_id is None:
-            remote.run_id = event.run_id
-            structlog.contextvars.bind_contextvars(remote_run_id=remote.run_id)
-            log.info("remote_run_started")
-        if event.run_id != remote.run_id or event.seq <= remote.last_seq:
+        return event
+
+    async def _on_event(self, ctx: RunContext, raw: str, remote: _RemoteRun) -> bool:
+        """Handle one remote event; True once it was the run's ``done``."""
+        event = self._decode(raw)
+        if event.run_id is None or event.run_id != remote.run_id or event.seq <= remote.last_seq:
             return False
         if isinstance(event, Done):
             remote.ended = True
-            self._end_like(event)
+            self._end_like(event, remote)
             return True
         if isinstance(event, RequireUserInput):
             await self._ask(ctx, event, event.run_id)
@@ -319,35 +397,59 @@ class RemoteAgent(Agent):
         await self._forward_input(run_id, q.request_id, answer)
 
     async def _forward_input(self, run_id: str, request_id: str, value: Any) -> None:
+        """POST the answer. The remote keeps the first answer to a request and refuses later
+        ones with 409, so a repeat is harmless: connection failures, timeouts and 502-504
+        are retried."""
+        opts = self.options
         url = f"{self.base}/v1/runs/{run_id}/input"
-        try:
-            async with asyncio.timeout(self.options.request_timeout), self._http.get().post(
-                url, json={"request_id": request_id, "value": value}
-            ) as resp:
-                if resp.status == 409:
-                    # The remote took its default at the same deadline: nothing to forward.
-                    log.info("remote_input_already_settled", request_id=request_id)
-                    return
-                if resp.status != 200:
-                    await self._raise_http_error(resp, "forwarding the answer")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise AgentError("remote_unavailable",
-                             f"could not forward the answer to {self.base}: {exc}") from None
+        delays = backoff_delays(opts.retries, opts.backoff)
+        while True:
+            try:
+                async with asyncio.timeout(opts.request_timeout), self._http.get().post(
+                    url, json={"request_id": request_id, "value": value}
+                ) as resp:
+                    if resp.status == 200:
+                        return
+                    if resp.status == 409:
+                        # Settled there already: our own earlier attempt, the remote's default
+                        # at the same deadline, or the run ended (its done follows).
+                        log.info("remote_input_already_settled", request_id=request_id,
+                                 detail=await read_error_text(resp))
+                        return
+                    if resp.status not in (502, 503, 504):
+                        await self._raise_http_error(resp, "forwarding the answer")
+                    problem = f"{resp.status} {await read_error_text(resp)}"
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                problem = str(exc) or type(exc).__name__
+            delay = next(delays, None)
+            if delay is None:
+                raise AgentError("remote_unavailable",
+                                 f"could not forward the answer to {self.base}: {problem}")
+            log.warning("remote_input_retry", request_id=request_id, problem=problem,
+                        delay=round(delay, 3))
+            await asyncio.sleep(delay)
 
-    def _end_like(self, done: Done) -> None:
+    @staticmethod
+    def _end_like(done: Done, remote: _RemoteRun) -> None:
         d = done.data
         if d.status == "completed":
             return
+        if d.status == "cancelled" and remote.problem:
+            # Started with on_disconnect: cancel, the remote stops when our link drops.
+            raise AgentError("remote_disconnected",
+                             f"lost the stream of remote run {remote.run_id} "
+                             f"({remote.problem}) and the remote cancelled the run")
         if d.error is not None:
             raise AgentError(d.error.code, f"remote run {d.status}: {d.error.message}")
         raise AgentError(f"remote_{d.status}", f"the remote run ended {d.status}")
 
     # ---- cancel and close ---------------------------------------------------------------
 
-    async def _cancel_remote_shielded(self, run_id: str) -> None:
-        """Forward the cancel even though this task is being cancelled; bounded in time.
-        The task is owned by the agent, so ``close()`` ends any still running."""
-        task = asyncio.create_task(self._cancel_remote(run_id), name=f"remote-cancel:{run_id}")
+    async def _own(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run clean-up work to its end even though this task is being cancelled; each step
+        of it is bounded in time. The task is owned by the agent, so ``close()`` ends any
+        still running."""
+        task = asyncio.create_task(work, name=name)
         self._cancels.add(task)
         task.add_done_callback(self._cancels.discard)
         # Cancelled again while waiting: the caller re-raises the first one anyway.

@@ -49,11 +49,27 @@ def full_stream(eol: bytes = b"\n") -> list[bytes]:
     return frames
 
 
+def heartbeat_stream() -> list[bytes]:
+    """Content between the keep-alives relays really send: Spring's ``data:heartbeat`` (JD
+    Genie), named ping events, empty data, a bare ``keep-alive``, comments."""
+    beats = [b"data:heartbeat\n\n", b"event: ping\ndata: heartbeat\n\n", b"data:\n\n",
+             b"data: keep-alive\n\n", b"event: heartbeat\ndata: {\"ts\": 1}\n\n",
+             b": ping\n\n"]
+    frames: list[bytes] = []
+    for beat, content in zip(beats, CONTENT, strict=False):
+        frames += [beat, frame(chunk({"content": content}))]
+    frames += [frame(chunk({"content": c})) for c in CONTENT[len(beats):]]
+    frames += [b"data: heartbeat\n\n", frame(chunk({}, finish="stop")), b"data: [DONE]\n\n"]
+    return frames
+
+
 @dataclass
 class FakeOpenAI:
     requests: list[dict[str, Any]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     slow_seconds: float = 3.0
+    # "heartbeat-wait": keep-alives every this many seconds for ``slow_seconds``.
+    beat_every: float = 0.05
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -93,18 +109,38 @@ class FakeOpenAI:
                            "type": "server_error"}}, status=500)
         if model == "not-sse":
             return web.json_response({"object": "chat.completion", "choices": []})
-        if model == "slow" or (model == "flaky" and len(self.requests) == 1):
+        if model == "vanish":
+            # The request arrived (the upstream may be generating), then the connection dies.
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if model == "slow":
             try:
                 async with asyncio.timeout(self.slow_seconds):
                     await self.release.wait()
             except TimeoutError:
                 pass
-            if model == "slow":
-                return web.Response(status=504)
+            return web.Response(status=504)
         resp = await self._stream(request)
-        if model in ("ok", "flaky"):
+        if model == "ok":
             for data in full_stream():
                 await self._write_split(resp, data)
+        elif model == "heartbeats":
+            for data in heartbeat_stream():
+                await resp.write(data)
+        elif model == "heartbeat-wait":
+            # Only keep-alives for longer than the relay's idle timeout, then the answer.
+            await resp.write(frame(chunk({"content": "thinking"})))
+            loop = asyncio.get_running_loop()
+            until = loop.time() + self.slow_seconds
+            while loop.time() < until:
+                await resp.write(b"data: heartbeat\n\n")
+                await asyncio.sleep(self.beat_every)
+            await resp.write(frame(chunk({"content": " done"}, finish="stop")))
+        elif model == "error-named":
+            await resp.write(frame(chunk({"content": "partial"})))
+            await resp.write(b'event: error\ndata: {"error": {"message": "Upstream overloaded",'
+                             b' "code": 529}}\n\n')
         elif model == "crlf":
             await resp.write(b"".join(full_stream(b"\r\n")))
         elif model == "garbage":

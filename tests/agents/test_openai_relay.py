@@ -96,7 +96,9 @@ async def test_full_stream_maps_to_events_and_ends_once(
         ("eof", "upstream_disconnected", "before it finished", 1),
         ("error-event", "upstream_error", "Rate limit reached", 1),
         ("idle", "upstream_timeout", "sent nothing for 0.5s", 1),
-        ("slow", "upstream_timeout", "no response from the upstream within 0.4s (2 attempts)", 2),
+        ("slow", "upstream_timeout", "no response from the upstream within 0.4s (1 attempt", 1),
+        ("vanish", "upstream_disconnected", "closed the connection before answering", 1),
+        ("error-named", "upstream_error", "Upstream overloaded", 1),
     ],
 )
 async def test_broken_upstream_fails_the_run_with_its_reason(
@@ -108,7 +110,7 @@ async def test_broken_upstream_fails_the_run_with_its_reason(
     assert done["status"] == "failed"
     assert done["error"]["code"] == code
     assert text in done["error"]["message"]
-    # Retries only happen before the first byte (slow: one retry, then give up).
+    # Nothing is retried once the upstream had the request (the agent allows one retry).
     assert len(fake[0].requests) == requests
 
 
@@ -120,14 +122,54 @@ async def test_drop_mid_stream_keeps_the_chunks_already_relayed(
     assert "message" not in types(events)
 
 
-async def test_slow_first_byte_is_retried_with_backoff_and_then_succeeds(
+@pytest.mark.parametrize("model", ["slow", "vanish"])
+async def test_no_retry_after_the_post_was_sent(
+    server: LiveServer, http: aiohttp.ClientSession, fake: tuple[FakeOpenAI, LiveServer],
+    model: str,
+) -> None:
+    """Issue 10 item 15: a first-byte timeout or a connection lost after the POST went out
+    was retried, and the upstream may have generated the answer twice."""
+    events = await run(http, server, model)
+    done = done_of(events)
+    assert done["status"] == "failed"
+    assert "(1 attempt; not retried: the upstream had the request)" in done["error"]["message"]
+    assert len(fake[0].requests) == 1
+
+
+async def test_heartbeat_data_lines_do_not_fail_the_run(
     server: LiveServer, http: aiohttp.ClientSession, fake: tuple[FakeOpenAI, LiveServer]
 ) -> None:
-    events = await run(http, server, "flaky")
+    """Issue 10 item 15: ``data: heartbeat`` (JD Genie's relay) failed the run as an
+    unreadable chunk; keep-alives of every usual shape are now skipped."""
+    events = await run(http, server, "heartbeats")
     assert done_of(events)["status"] == "completed"
-    assert len(fake[0].requests) == 2
-    assert "".join(e["data"]["delta"] for e in events if e["type"] == "message_chunk") == "".join(
-        CONTENT)
+    assert types(events) == (["run_started"] + ["message_chunk"] * len(CONTENT)
+                             + ["message", "done"])
+    assert [e["data"]["delta"] for e in events if e["type"] == "message_chunk"] == CONTENT
+    assert events[-2]["data"]["text"] == "".join(CONTENT)
+    assert [e["seq"] for e in events] == list(range(events[0]["seq"],
+                                                    events[0]["seq"] + len(events)))
+    assert len(fake[0].requests) == 1
+
+
+async def test_heartbeats_keep_a_quiet_upstream_alive_past_the_idle_timeout(
+    server: LiveServer, http: aiohttp.ClientSession, fake: tuple[FakeOpenAI, LiveServer]
+) -> None:
+    fake[0].slow_seconds = 1.2  # only heartbeats, for over twice the 0.5 s idle timeout
+    events = await run(http, server, "heartbeat-wait")
+    assert done_of(events)["status"] == "completed"
+    assert events[-2]["data"]["text"] == "thinking done"
+
+
+async def test_dns_failure_is_retried_before_anything_is_sent(
+    start_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    agent = OpenAIRelayAgent("gpt", OpenAIOptions(
+        base_url="http://upstream.invalid/v1", model="m", retries=2, backoff=0.01))
+    server = await start_server(agents=AgentRegistry([agent]))
+    done = done_of(await stream_run(http, server, {"agent": "gpt", "input": "hi"}))
+    assert done["error"]["code"] == "upstream_unavailable"
+    assert "(3 attempts)" in done["error"]["message"]
 
 
 async def test_wrong_key_is_upstream_http_error_with_upstream_message(
