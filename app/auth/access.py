@@ -1,21 +1,53 @@
-"""Ownership checks. A caller who may not see a thing gets the same 404 as for a thing that
-does not exist, on every path and transport, so ids reveal nothing."""
+"""Ownership checks: the one access rule, used by every path and transport.
+
+A caller who may not see a thing gets the same 404 as for a thing that does not exist, so ids
+reveal nothing. This module knows the rule, not the engine: it resolves through any object
+with the two lookups below (the engine is one), so the arrow points api -> auth, never
+auth -> engine.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 
 from app.auth.authenticator import Principal
-from app.engine.engine import Engine
-from app.engine.state import Conversation
 from app.errors import Forbidden, not_found
-from app.store.records import RunRecord
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def _check(principal: Principal, kind: str, ident: str, conversation_id: str,
-           owner: str | None, write: bool) -> None:
+class Owned(Protocol):
+    @property
+    def owner(self) -> str | None: ...
+
+
+class OwnedRun(Owned, Protocol):
+    @property
+    def conversation_id(self) -> str: ...
+
+
+class HasRecord(Protocol):
+    @property
+    def record(self) -> Owned: ...
+
+
+C = TypeVar("C", bound=HasRecord, covariant=True)
+R = TypeVar("R", bound=OwnedRun, covariant=True)
+
+
+class Lookups(Protocol[C, R]):
+    """What access checks resolve through (the engine provides both)."""
+
+    async def require_conversation(self, conversation_id: str) -> C: ...
+
+    async def get_run(self, run_id: str) -> R: ...
+
+
+def check_access(principal: Principal, kind: str, ident: str, conversation_id: str,
+                 owner: str | None, write: bool) -> None:
+    """The rule: the owner (or an admin) may; a stream token only reads its conversation."""
     if not principal.can_access(owner):
         raise not_found(kind, ident)
     scope = principal.conversation_scope
@@ -27,18 +59,20 @@ def _check(principal: Principal, kind: str, ident: str, conversation_id: str,
 
 
 async def conversation_for(
-    engine: Engine, principal: Principal, conversation_id: str, write: bool = False
-) -> Conversation:
-    conv = await engine.require_conversation(conversation_id)
-    _check(principal, "conversation", conversation_id, conversation_id, conv.record.owner, write)
+    lookups: Lookups[C, OwnedRun], principal: Principal, conversation_id: str,
+    write: bool = False,
+) -> C:
+    conv = await lookups.require_conversation(conversation_id)
+    check_access(principal, "conversation", conversation_id, conversation_id,
+                 conv.record.owner, write)
     return conv
 
 
 async def run_for(
-    engine: Engine, principal: Principal, run_id: str, write: bool = False
-) -> RunRecord:
-    record = await engine.get_run(run_id)
-    _check(principal, "run", run_id, record.conversation_id, record.owner, write)
+    lookups: Lookups[HasRecord, R], principal: Principal, run_id: str, write: bool = False
+) -> R:
+    record = await lookups.get_run(run_id)
+    check_access(principal, "run", run_id, record.conversation_id, record.owner, write)
     return record
 
 
