@@ -58,7 +58,7 @@ from protocol.messages import ErrorDetail, StartRunRequest
 log = structlog.get_logger(__name__)
 # An agent emitting without awaiting anything yields to the loop after this long (seconds),
 # so one busy run cannot starve every other connection.
-BURST_SECONDS = 0.002
+BURST_SECONDS = 0.0005
 BURST_GAP = 0.0005
 
 
