@@ -129,6 +129,9 @@ def create_app(
     app = web.Application(
         middlewares=[context_middleware, error_middleware, auth_middleware],
         client_max_size=settings.max_body,
+        # Request bodies arrive as sent: read_body refuses any Content-Encoding with 415
+        # (aiohttp would inflate gzip unbounded, and answer br/zstd in plain text).
+        handler_args={"auto_decompress": False},
     )
     app[STATE] = state
     app.add_routes(http.routes)
