@@ -20,6 +20,7 @@ from app.auth.access import PRINCIPAL
 from app.auth.authenticator import Authenticator
 from app.auth.cors import setup_cors
 from app.auth.limits import ConnectionLimiter, RunRateLimiter
+from app.auth.origin import allowed_origins, check_cookie_origin
 from app.config import Settings
 from app.engine.engine import Engine
 from app.errors import AgentstreamError
@@ -58,11 +59,16 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the caller for every API path; health and metrics stay open."""
+    """Resolve the caller for every API path; health and metrics stay open. A caller that
+    authenticated with the cookie and changes state (or opens a WebSocket) must come from an
+    allowed origin (``app.auth.origin``: CSRF and cross-site WebSocket hijacking)."""
     if request.path.startswith("/v1/") and request.method != "OPTIONS":
-        principal = request.app[STATE].auth.authenticate(request)
+        st = request.app[STATE]
+        principal, source = st.auth.resolve(request)
         request[PRINCIPAL] = principal
         structlog.contextvars.bind_contextvars(user=principal.user)
+        if source == "cookie":
+            check_cookie_origin(request, allowed_origins(st.settings.cors_origins))
     return await handler(request)
 
 
