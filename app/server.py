@@ -34,6 +34,10 @@ from app.store.sqlite import SqliteEventStore
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HTTP_EXCEPTION_CODES = {
+    400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    413: "body_too_large", 415: "unsupported_media_type",
+}
 
 
 @web.middleware
@@ -82,10 +86,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-            exc.status, "http_error"
-        )
-        return error_response(exc.status, code, exc.reason)
+        # aiohttp's own refusals (a GET of /v1/ws without an upgrade, a CORS preflight from
+        # an origin not on the list, ...) get a code too.
+        code = HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
+        text = exc.text or ""
+        message = text if text and not text.startswith(f"{exc.status}:") else exc.reason
+        return error_response(exc.status, code, message[:300])
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
