@@ -20,6 +20,7 @@ from app.auth.access import PRINCIPAL
 from app.auth.authenticator import Authenticator
 from app.auth.cors import setup_cors
 from app.auth.limits import ConnectionLimiter, RunRateLimiter
+from app.auth.origin import allowed_origins, check_cookie_origin
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.retention import retention_loop
@@ -35,6 +36,10 @@ from app.store.sqlite import SqliteEventStore
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+HTTP_EXCEPTION_CODES = {
+    400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    413: "body_too_large", 415: "unsupported_media_type",
+}
 
 
 @web.middleware
@@ -60,11 +65,16 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve the caller for every API path; health and metrics stay open."""
+    """Resolve the caller for every API path; health and metrics stay open. A caller that
+    authenticated with the cookie and changes state (or opens a WebSocket) must come from an
+    allowed origin (``app.auth.origin``: CSRF and cross-site WebSocket hijacking)."""
     if request.path.startswith("/v1/") and request.method != "OPTIONS":
-        principal = request.app[STATE].auth.authenticate(request)
+        st = request.app[STATE]
+        principal, source = st.auth.resolve(request)
         request[PRINCIPAL] = principal
         structlog.contextvars.bind_contextvars(user=principal.user)
+        if source == "cookie":
+            check_cookie_origin(request, allowed_origins(st.settings.cors_origins))
     return await handler(request)
 
 
@@ -78,10 +88,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
-            exc.status, "http_error"
-        )
-        return error_response(exc.status, code, exc.reason)
+        # aiohttp's own refusals (a GET of /v1/ws without an upgrade, a CORS preflight from
+        # an origin not on the list, ...) get a code too.
+        code = HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
+        text = exc.text or ""
+        message = text if text and not text.startswith(f"{exc.status}:") else exc.reason
+        return error_response(exc.status, code, message[:300])
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
@@ -137,6 +149,9 @@ def create_app(
     app = web.Application(
         middlewares=[context_middleware, error_middleware, auth_middleware],
         client_max_size=settings.max_body,
+        # Request bodies arrive as sent: read_body refuses any Content-Encoding with 415
+        # (aiohttp would inflate gzip unbounded, and answer br/zstd in plain text).
+        handler_args={"auto_decompress": False},
     )
     app[STATE] = state
     app.add_routes(http.routes)

@@ -169,7 +169,66 @@ class ErrorReply(_Reply, tag="error"):
 
 _command_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
 
+# ---- decoding untrusted JSON ------------------------------------------------------------
+
+# Arrays and objects nested deeper than this are refused: msgspec (like every recursive
+# codec) would raise RecursionError a few hundred levels down, and a value that only just
+# decodes could not be encoded again from a deeper stack (the store, an agent relay).
+MAX_JSON_DEPTH = 64
+
+
+class JsonTooDeep(msgspec.DecodeError):
+    """Nesting over ``MAX_JSON_DEPTH``: a ``msgspec.DecodeError``, so a caller that handles
+    malformed JSON handles this too."""
+
+
+def _too_deep() -> JsonTooDeep:
+    return JsonTooDeep(f"JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+
+
+def _may_be_too_deep(raw: bytes | str) -> bool:
+    """Cheap (two C-speed scans): fewer brackets than the limit cannot nest past it."""
+    if isinstance(raw, str):
+        return raw.count("[") + raw.count("{") > MAX_JSON_DEPTH
+    return raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH
+
+
+def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """Raise ``JsonTooDeep`` if decoded ``value`` nests lists/dicts deeper than ``limit``.
+    Iterative, so it cannot itself run out of stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            raise _too_deep()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Untrusted JSON to Python values. Every failure is a ``msgspec.DecodeError``:
+    malformed text, invalid UTF-8, or nesting over ``MAX_JSON_DEPTH`` (``JsonTooDeep``)."""
+    try:
+        value = msgspec.json.decode(raw)
+    except RecursionError:
+        raise _too_deep() from None
+    except UnicodeError as exc:  # msgspec reports invalid UTF-8 as UnicodeDecodeError
+        raise msgspec.DecodeError(f"JSON is not valid UTF-8: {exc}") from None
+    if isinstance(value, dict | list) and _may_be_too_deep(raw):
+        check_depth(value)
+    return value
+
 
 def decode_command(raw: bytes | str) -> Command:
-    """Parse one WebSocket command; raises msgspec errors naming what is wrong."""
-    return _command_decoder.decode(raw)
+    """Parse one WebSocket command. Raises ``msgspec.ValidationError`` for a well-formed
+    command that breaks a rule, and ``msgspec.DecodeError`` (never RecursionError or
+    UnicodeError) for anything that is not acceptable JSON: malformed, invalid UTF-8, or
+    nested deeper than ``MAX_JSON_DEPTH`` (``JsonTooDeep``)."""
+    if _may_be_too_deep(raw):
+        decode_json(raw)  # refuses deep nesting before the typed decoder recurses into it
+    try:
+        return _command_decoder.decode(raw)
+    except RecursionError:  # unreachable after the check above; kept as a backstop
+        raise _too_deep() from None
+    except UnicodeError as exc:
+        raise msgspec.DecodeError(f"JSON is not valid UTF-8: {exc}") from None

@@ -9,16 +9,16 @@ import msgspec
 from aiohttp import web
 
 from app.errors import BadRequest, InvalidInput, TooLarge, UnsupportedMediaType
-from protocol.messages import ID_PATTERN, ErrorBody, ErrorDetail
+from protocol.messages import ID_PATTERN, ErrorBody, ErrorDetail, decode_json
 
 T = TypeVar("T")
 _ID = re.compile(ID_PATTERN)
 _encoder = msgspec.json.Encoder()
-# curl -d sends form-urlencoded and some clients send nothing: both carry our JSON fine.
-JSON_TYPES = frozenset(
-    {"application/json", "application/x-www-form-urlencoded", "text/plain", "",
-     "application/octet-stream"}
-)
+# The only request body type: a browser cannot send it cross-site without a CORS preflight,
+# so a form or text/plain post from another site never reaches a handler as JSON (CSRF).
+JSON_TYPE = "application/json"
+# Bodies are read as they arrived (aiohttp's decompression is off): identity only.
+IDENTITY_ENCODINGS = frozenset({"", "identity"})
 
 
 def json_response(obj: object, status: int = 200) -> web.Response:
@@ -36,16 +36,39 @@ def path_id(request: web.Request, name: str) -> str:
     return value
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_type not in JSON_TYPES:
+def _check_body_headers(request: web.Request, limit: int) -> None:
+    if request.content_type != JSON_TYPE:
+        sent = request.headers.get("Content-Type", "")[:80] or "no Content-Type"
         raise UnsupportedMediaType("unsupported_media_type",
-                       f"send application/json, not {request.content_type}")
+                                   f"send Content-Type: application/json, not {sent!r}")
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise UnsupportedMediaType("unsupported_media_type",
+                                   f"JSON bodies are UTF-8, not charset {charset[:40]!r}")
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in IDENTITY_ENCODINGS:
+        raise UnsupportedMediaType(
+            "unsupported_content_encoding",
+            f"request bodies are not decoded; send them without Content-Encoding, "
+            f"not {encoding[:40]!r}")
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge("body_too_large", f"body is over {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise TooLarge("body_too_large", f"body is over {limit} bytes")
-    return body
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body (however many TCP segments or chunks it came in), at most ``limit``
+    bytes: ``413 body_too_large`` as soon as more than that has arrived."""
+    _check_body_headers(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge("body_too_large", f"body is over {limit} bytes")
 
 
 async def read_json(request: web.Request, typ: type[T], limit: int) -> T:
@@ -53,13 +76,24 @@ async def read_json(request: web.Request, typ: type[T], limit: int) -> T:
     if not body.strip():
         raise BadRequest("malformed_json", "the body is empty; send a JSON object")
     try:
-        msgspec.json.decode(body)
+        # A first, untyped pass: malformed JSON is a 400 wherever the typed pass would stop,
+        # and it refuses invalid UTF-8 and deep nesting (MAX_JSON_DEPTH) as DecodeErrors.
+        decode_json(body)
     except msgspec.DecodeError as exc:
         raise BadRequest("malformed_json", f"body is not valid JSON: {exc}") from None
     try:
         return msgspec.json.decode(body, type=typ)
     except msgspec.ValidationError as exc:
         raise InvalidInput("invalid_field", str(exc)) from None
+
+
+def parse_position(raw: str) -> int | None:
+    """A stream position: 1-18 ASCII digits, else None. ``str.isdigit`` is not enough:
+    it accepts superscripts ('²', which ``int`` refuses) and Arabic or full-width digits
+    (which ``int`` reads as numbers)."""
+    if 0 < len(raw) <= 18 and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return None
 
 
 def parse_last_event_id(request: web.Request) -> int:
@@ -72,10 +106,12 @@ def parse_last_event_id(request: web.Request) -> int:
     if raw is None or raw.strip() == "":
         return 0
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 18:
+    position = parse_position(raw)
+    if position is None:
         raise BadRequest("invalid_last_event_id",
-                       f"{source} must be a non-negative integer seq, got {raw[:40]!r}")
-    return int(raw)
+                         f"{source} must be a non-negative integer seq (ASCII digits), "
+                         f"got {raw[:40]!r}")
+    return position
 
 
 def wants_sse(request: web.Request) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import msgspec
 import structlog
@@ -19,7 +21,7 @@ from app.auth.access import conversation_for, principal_of, require_write, run_f
 from app.auth.authenticator import Principal
 from app.engine.engine import Engine
 from app.errors import BadRequest, shutting_down
-from app.sinks.sse import SseSink, open_sse, serve_sink
+from app.sinks.sse import SSE_CONTENT_TYPE, SseResponse, SseSink, open_sse, serve_sink
 from app.state import STATE, State, connection_id
 from protocol.messages import AgentList, InputRequest, StartRunRequest, StartRunResponse
 
@@ -52,23 +54,27 @@ async def start_run(request: web.Request) -> web.StreamResponse:
     principal = principal_of(request)
     require_write(principal)
     body = await read_json(request, StartRunRequest, st.settings.max_body)
-    st.run_limiter.check(principal.user)
-    run = await st.engine.start_run(body, owner=owner_of(st, principal), admin=principal.admin)
-    record = run.record
-    structlog.contextvars.bind_contextvars(
-        run_id=record.run_id, conversation_id=record.conversation_id
-    )
-    if not wants_sse(request):
-        return json_response(
-            StartRunResponse(record.run_id, record.conversation_id, record.status,
-                             _events_url(record.run_id)),
-            status=202,
+    sse = wants_sse(request)
+    # Every refusal (shutdown, stream slots, rate) comes before the run starts: a client
+    # told 429/503 must be able to trust that nothing is running.
+    with _stream_slot(st, principal) if sse else contextlib.nullcontext():
+        st.run_limiter.check(principal.user)
+        run = await st.engine.start_run(body, owner=owner_of(st, principal),
+                                        admin=principal.admin)
+        record = run.record
+        structlog.contextvars.bind_contextvars(
+            run_id=record.run_id, conversation_id=record.conversation_id
         )
-    sink = await _stream(
-        request, st, principal, record.conversation_id, record.first_seq - 1, record.run_id,
-        cancel_on_disconnect=record.on_disconnect == "cancel",
-    )
-    return sink.response
+        if not sse:
+            return json_response(
+                StartRunResponse(record.run_id, record.conversation_id, record.status,
+                                 _events_url(record.run_id)),
+                status=202,
+            )
+        return await _stream(
+            request, st, record.conversation_id, record.first_seq - 1, record.run_id,
+            cancel_on_disconnect=record.on_disconnect == "cancel",
+        )
 
 
 @routes.get("/v1/runs/{run_id}")
@@ -89,8 +95,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         return web.Response(status=204)
     await _check_not_ahead(st, record.conversation_id, after)
     start = max(after, record.first_seq - 1)
-    sink = await _stream(request, st, principal, record.conversation_id, start, record.run_id)
-    return sink.response
+    with _stream_slot(st, principal):
+        return await _stream(request, st, record.conversation_id, start, record.run_id)
 
 
 @routes.get("/v1/conversations/{conversation_id}/events")
@@ -101,8 +107,8 @@ async def conversation_events(request: web.Request) -> web.StreamResponse:
     await conversation_for(st.engine, principal, cid)
     after = parse_last_event_id(request)
     await _check_not_ahead(st, cid, after)
-    sink = await _stream(request, st, principal, cid, after, None)
-    return sink.response
+    with _stream_slot(st, principal):
+        return await _stream(request, st, cid, after, None)
 
 
 @routes.post("/v1/conversations/{conversation_id}/stream-token")
@@ -125,40 +131,60 @@ async def _check_not_ahead(st: State, conversation_id: str, after: int) -> None:
                        f"last event id {after} is ahead of the conversation (last seq {last})")
 
 
-async def _stream(
-    request: web.Request,
-    st: State,
-    principal: Principal,
-    conversation_id: str,
-    after: int,
-    run_id: str | None,
-    cancel_on_disconnect: bool = False,
-) -> SseSink:
-    cid = connection_id()
-    structlog.contextvars.bind_contextvars(connection_id=cid, conversation_id=conversation_id)
+@contextlib.contextmanager
+def _stream_slot(st: State, principal: Principal) -> Iterator[None]:
+    """Refuse a stream the server cannot serve (503 shutting down, 429 too many per user),
+    else hold one of the user's connection slots for the block."""
     if st.shutting_down:
         raise shutting_down()
     st.connections.acquire(principal.user)
     try:
-        response = await open_sse(request, st.settings.policy)
-        sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
-        sink.subscribe(conversation_id, after=after, run_id=run_id,
-                       ends_on_done=run_id is not None)
-        st.sinks.add(sink)
-        try:
-            await serve_sink(sink)
-        except asyncio.CancelledError:
-            # With handler_cancellation on, aiohttp cancels us when the client goes.
-            sink.close("disconnected")
-            raise
-        finally:
-            st.sinks.discard(sink)
-            if cancel_on_disconnect and sink.close_reason == "disconnected" and run_id:
-                st.engine.request_cancel(run_id, reason="client_disconnected")
-            log.info("sse_closed", reason=sink.close_reason, delivered=sink.delivered)
+        yield
     finally:
         st.connections.release(principal.user)
-    return sink
+
+
+def _head_response() -> web.Response:
+    """What a GET of the stream would answer, headers only: HEAD opens no sink."""
+    response = web.Response(status=200)
+    response.headers.update(SseResponse().headers)  # aiohttp-sse's own header set
+    response.headers["Content-Type"] = SSE_CONTENT_TYPE
+    return response
+
+
+async def _stream(
+    request: web.Request,
+    st: State,
+    conversation_id: str,
+    after: int,
+    run_id: str | None,
+    cancel_on_disconnect: bool = False,
+) -> web.StreamResponse:
+    """Serve one SSE stream until it ends; the caller holds a ``_stream_slot``."""
+    if request.method == "HEAD":
+        return _head_response()
+    cid = connection_id()
+    structlog.contextvars.bind_contextvars(connection_id=cid, conversation_id=conversation_id)
+    response = await open_sse(request, st.settings.policy)
+    sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
+    sink.subscribe(conversation_id, after=after, run_id=run_id,
+                   ends_on_done=run_id is not None)
+    st.sinks.add(sink)
+    try:
+        await serve_sink(sink)
+    except asyncio.CancelledError:
+        # With handler_cancellation on, aiohttp cancels us when the client goes.
+        sink.close("disconnected")
+        raise
+    finally:
+        st.sinks.discard(sink)
+        # The peer went away (disconnected, or stalled past write_timeout): not a normal end.
+        # ``peer_lost`` where the sink has it, else the reason it was closed with.
+        peer_lost = getattr(sink, "peer_lost", sink.close_reason == "disconnected")
+        if cancel_on_disconnect and peer_lost and run_id:
+            st.engine.request_cancel(run_id, reason="client_disconnected")
+        log.info("sse_closed", reason=sink.close_reason, delivered=sink.delivered)
+    return response
 
 
 @routes.post("/v1/runs/{run_id}/input")

@@ -3,7 +3,9 @@
 Credentials come from ``Authorization: Bearer``, the ``agentstream_token`` cookie, or, for
 browsers' EventSource and WebSocket (which cannot set headers), ``?access_token=``. Only
 stream tokens are accepted in a URL: a long-lived key in a query string ends up in proxies'
-logs. pyjwt does the signing and verification; nothing here re-implements crypto.
+logs. The cookie is ambient (a browser sends it on other sites' requests too), so a cookie
+request that changes state must also pass ``app.auth.origin``. pyjwt does the signing and
+verification; nothing here re-implements crypto.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import jwt
 from aiohttp import web
@@ -23,6 +26,7 @@ from app.errors import Unauthenticated
 COOKIE = "agentstream_token"
 STREAM_TOKEN_TYPE = "stream"
 ANONYMOUS = "anonymous"
+CredentialSource = Literal["none", "header", "cookie", "query"]
 
 
 @dataclass(frozen=True)
@@ -117,23 +121,28 @@ class Authenticator:
     # ---- requests -----------------------------------------------------------------------
 
     def authenticate(self, request: web.Request) -> Principal:
+        return self.resolve(request)[0]
+
+    def resolve(self, request: web.Request) -> tuple[Principal, CredentialSource]:
+        """The caller and where its credential came from (the cookie is ambient: a browser
+        sends it on other sites' requests too, so the caller checks their origin)."""
         if not self.enabled:
-            return Principal(ANONYMOUS, admin=True)
+            return Principal(ANONYMOUS, admin=True), "none"
         header = request.headers.get("Authorization", "")
         if header:
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise invalid_token("use 'Authorization: Bearer <token>'")
-            return self.verify(value.strip())
+            return self.verify(value.strip()), "header"
         cookie = request.cookies.get(COOKIE)
         if cookie:
-            return self.verify(cookie)
+            return self.verify(cookie), "cookie"
         query = request.query.get("access_token")
         if query:
             principal = self.verify(query)
             if principal.conversation_scope is None:
                 raise invalid_token("only stream tokens may be sent in the URL")
-            return principal
+            return principal, "query"
         raise unauthenticated("send 'Authorization: Bearer <token>' or ?access_token=")
 
     def verify(self, token: str) -> Principal:

@@ -51,8 +51,9 @@ async def test_start_run_bad_bodies(
 async def test_huge_body_is_413(start_server: ServerFactory, http: aiohttp.ClientSession) -> None:
     server = await start_server(max_body=4096)
     big = b'{"agent":"demo","input":"' + b"x" * 10_000 + b'"}'
-    assert_error(*await call(http, "POST", url(server, "/v1/runs"), data=big), 413,
-                 "body_too_large")
+    assert_error(*await call(http, "POST", url(server, "/v1/runs"), data=big,
+                             headers={"Content-Type": "application/json"}),
+                 413, "body_too_large")
 
 
 async def test_wrong_media_type_is_415(server: LiveServer, http: aiohttp.ClientSession) -> None:
@@ -101,7 +102,9 @@ async def test_input_errors(server: LiveServer, http: aiohttp.ClientSession) -> 
         "agent": "demo", "input": {"tokens": 0, "ask": "pick", "choices": ["a", "b"]}}) as r:
         run = await r.json()
     answer = url(server, f"/v1/runs/{run['run_id']}/input")
-    assert_error(*await call(http, "POST", answer, data=b"{"), 400, "malformed_json")
+    assert_error(*await call(http, "POST", answer, data=b"{",
+                             headers={"Content-Type": "application/json"}),
+                 400, "malformed_json")
     assert_error(*await call(http, "POST", answer, json={"value": 1}), 422, "invalid_field")
     assert_error(*await call(http, "POST", answer, json={"request_id": "q_nope", "value": "a"}),
                  404, "input_request_not_found")

@@ -68,7 +68,10 @@ async def test_create_list_get_delete(server: LiveServer, http: aiohttp.ClientSe
 async def test_bad_create_is_a_coded_error(
     server: LiveServer, http: aiohttp.ClientSession, body: Any, status: int, code: str
 ) -> None:
-    kwargs: dict[str, Any] = {"data": body} if isinstance(body, str) else {"json": body}
+    kwargs: dict[str, Any] = (
+        {"data": body, "headers": {"Content-Type": "application/json"}}
+        if isinstance(body, str) else {"json": body}
+    )
     async with http.post(url(server, "/v1/schedules"), **kwargs) as resp:
         assert resp.status == status, await resp.text()
         assert (await resp.json())["error"]["code"] == code
