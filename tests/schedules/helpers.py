@@ -36,12 +36,16 @@ async def get_schedule(http: aiohttp.ClientSession, base: str, sid: str) -> dict
 
 async def wait_for(http: aiohttp.ClientSession, base: str, sid: str, field: str, at_least: int,
                    within: float = 5.0) -> dict[str, Any]:
-    async with asyncio.timeout(within):
-        while True:
-            schedule = await get_schedule(http, base, sid)
-            if schedule.get(field, 0) >= at_least:
-                return schedule
-            await asyncio.sleep(0.05)
+    schedule: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                schedule = await get_schedule(http, base, sid)
+                if schedule.get(field, 0) >= at_least:
+                    return schedule
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{field} < {at_least} after {within}s: {schedule}") from None
 
 
 async def run_starts(http: aiohttp.ClientSession, base: str, conversation_id: str) -> list[int]:
