@@ -46,7 +46,7 @@ BASE_ARGS: tuple[str, ...] = (
 ROUND_ARGS: tuple[tuple[str, ...], ...] = (
     (),
     ("--replay-cache-bytes", "0"),
-    ("--queue-events", "40", "--replay-cache-bytes", "100000"),
+    ("--store-batch", "50", "--queue-events", "50", "--replay-cache-bytes", "100000"),
 )
 SCHEDULE_CONVERSATION = "schedule-conv"
 
@@ -195,7 +195,9 @@ async def crash_loop(workdir: Path, *, kills: int, runs_per_round: int, seed: in
                      env: dict[str, str] | None = None, poison: str | None = None,
                      kill_window: tuple[float, float] = (0.1, 2.5),
                      resume_timeout: float = 60.0, name: str = "crash loop",
-                     progress: Callable[[Report, int], None] | None = None) -> Report:
+                     progress: Callable[[Report, int], None] | None = None,
+                     stop_at: float | None = None) -> Report:
+    """``stop_at``: a ``time.monotonic()`` after which no new round starts."""
     rng = random.Random(seed)
     report = Report(name, seed)
     db = workdir / "crash.db"
@@ -208,6 +210,9 @@ async def crash_loop(workdir: Path, *, kills: int, runs_per_round: int, seed: in
             if await create_schedule(http, server.base) is None:
                 report.observe("could not create the schedule")
             for k in range(kills):
+                if stop_at is not None and time.monotonic() > stop_at:
+                    report.observe(f"stopped after {k} of {kills} rounds (time budget)")
+                    break
                 report.rounds += 1
                 rnd = new_round(rng, f"k{k}", runs_per_round, pool, poison=poison,
                                 poison_runs=2 if poison else 0)
@@ -225,7 +230,12 @@ async def crash_loop(workdir: Path, *, kills: int, runs_per_round: int, seed: in
                 snap = check_point(report, f"round {k} after SIGKILL", db, streams)
                 were_open = open_runs(snap)
                 server.args = BASE_ARGS + ROUND_ARGS[rng.randrange(len(ROUND_ARGS))]
-                await server.start()
+                try:
+                    await server.start()
+                except (RuntimeError, TimeoutError) as exc:
+                    report.add(f"round {k} restart", [Violation(
+                        "restart_succeeds", f"the server did not restart on the file: {exc}")])
+                    return report
                 done_event = asyncio.Event()
                 sched = asyncio.create_task(
                     schedule_watch.follow(http, server.base, done_event.is_set))

@@ -42,6 +42,7 @@ class RunPlan:
     cancel_after: int | None  # cancel once this many frames arrived
     drop_after: int | None  # drop the connection once, after this many frames, and resume
     start_delay: float
+    poison: bool = False  # carries the marker of commit_fail_permanent
 
     @property
     def body(self) -> dict[str, Any]:
@@ -71,7 +72,8 @@ def make_plans(rng: random.Random, tag: str, n: int, pool: list[str],
             "reasoning": rng.random() < 0.8,
             "tool_call": rng.random() < 0.7,
         }
-        if i < poison_runs and poison:
+        is_poison = bool(poison) and i < poison_runs
+        if is_poison:
             inp["text"] = f"{poison} {tag} run {i}"
         ask = rng.random() < 0.3
         answer = ask and rng.random() < 0.75
@@ -91,6 +93,7 @@ def make_plans(rng: random.Random, tag: str, n: int, pool: list[str],
             cancel_after=rng.randint(2, 40) if rng.random() < 0.15 else None,
             drop_after=rng.randint(1, 30) if rng.random() < 0.3 else None,
             start_delay=rng.uniform(0, max_start_delay),
+            poison=is_poison,
         ))
     pool.extend(fresh)
     del pool[:-200]
@@ -150,7 +153,8 @@ class RunClient:
             self.stream.outcome = "final:start lost with the server (no run id known)"
             self.notes["start_lost"] += 1
             return
-        self.stream.must_complete = True
+        # A run whose batches the store refuses for good need not finish; every other must.
+        self.stream.must_complete = not self.plan.poison
         try:
             async with asyncio.timeout(timeout):
                 while not self.finished:
@@ -231,7 +235,10 @@ class RunClient:
         if status == 410:
             self.stream.outcome = "final:expired (410)"
         elif status == 404:
+            # The server gave out this run id (202 / ack) but it did not survive: reported
+            # by the caller (a note after SIGKILL, a violation under a store fault).
             self.stream.outcome = "final:run unknown after restart (404): acked run lost"
+            self.stream.must_complete = False
             self.notes["acked_run_lost"] += 1
         elif status == 204:
             self.stream.outcome = "final:204 before this client saw done"
