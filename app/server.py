@@ -182,8 +182,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         # Runs that are still open (no graceful shutdown happened) end interrupted now.
-        await st.engine.shutdown(st.settings.shutdown_grace)
-        lost = await st.store.close(timeout=st.settings.shutdown_grace)
+        await st.engine.shutdown(
+            0.2 if st.shutdown_deadline else st.settings.shutdown_grace)
+        # What the graceful stop left of the grace (all of it if there was none).
+        left = st.shutdown_deadline - time.monotonic() if st.shutdown_deadline else 0.0
+        lost = await st.store.close(
+            timeout=max(0.2, left) if st.shutdown_deadline else st.settings.shutdown_grace)
         if lost:
             log.error("store_closed_with_unwritten_units", units=lost)
         await st.agents.close()
@@ -204,11 +208,12 @@ async def _on_shutdown(app: web.Application) -> None:
     st = app[STATE]
     st.shutting_down = True
     grace = st.settings.shutdown_grace
-    deadline = time.monotonic() + grace
+    deadline = st.shutdown_deadline = time.monotonic() + grace
     log.info("shutdown_started", runs=len(st.engine.active), connections=len(st.sinks))
     await st.engine.shutdown(grace / 2)
     with contextlib.suppress(Exception):
-        await st.store.flush(timeout=max(0.1, deadline - time.monotonic()))
+        # keep the last half second of the grace for the sinks and the store to close
+        await st.store.flush(timeout=max(0.1, deadline - 0.5 - time.monotonic()))
     for sink in list(st.sinks):
         sink.shutdown()
     while st.sinks and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded poll

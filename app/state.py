@@ -30,6 +30,8 @@ class State:
     # Open sinks, so shutdown can close them and /metrics can read their queues.
     sinks: set[Sink] = field(default_factory=set)
     shutting_down: bool = False
+    # time.monotonic() by which a graceful stop must be done (0: not stopping).
+    shutdown_deadline: float = 0.0
 
 
 STATE = web.AppKey("state", State)

@@ -110,6 +110,7 @@ class Writer:
         (never acknowledged to anyone, so losing them breaks no promise)."""
         if self._task is None:
             return 0
+        started = time.monotonic()
         with contextlib.suppress(TimeoutError, StoreUnavailable):
             await self.flush(timeout)
         self._closing = True
@@ -118,7 +119,7 @@ class Writer:
         if left:
             self._task.cancel()
         try:
-            async with asyncio.timeout(max(timeout, 1.0)):
+            async with asyncio.timeout(max(0.1, timeout - (time.monotonic() - started))):
                 await asyncio.shield(self._task)
         except (asyncio.CancelledError, TimeoutError):
             self._task.cancel()
