@@ -50,7 +50,8 @@ async def wait_for(http: aiohttp.ClientSession, base: str, sid: str, field: str,
 
 async def run_starts(http: aiohttp.ClientSession, base: str, conversation_id: str) -> list[int]:
     """When each run of the conversation started (server clock, ms), oldest first."""
-    events = await conversation_events(http, base, conversation_id)
+    # The schedule keeps firing (every INTERVAL): settle well below it, after the replay burst.
+    events = await conversation_events(http, base, conversation_id, settle=0.1)
     return [e["ts"] for e in events if e["type"] == "run_started"]
 
 
