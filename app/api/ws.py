@@ -71,8 +71,9 @@ class ConnectionOver(Exception):
 
 class StartedRuns:
     """Runs started on this socket: ``ref -> run id`` for cancel-by-ref, and the runs to
-    cancel when the socket closes (``on_disconnect: cancel``). A run leaves both when its
-    ``done`` is delivered; ``prune`` bounds what runs ended unseen (unsubscribed) leave."""
+    cancel when the socket closes (``on_disconnect: cancel``). A run leaves the cancel set
+    when its ``done`` is delivered; past ``limit`` entries ``prune`` drops ended runs (also
+    those that ended unseen, after an unsubscribe), then the oldest refs."""
 
     def __init__(self, limit: int = STARTED_REFS_LIMIT) -> None:
         self.limit = limit
@@ -89,9 +90,9 @@ class StartedRuns:
             self.prune(is_active)
 
     def ended(self, run_id: str) -> None:
+        """The run's ``done`` was delivered: nothing to cancel any more. Its ref stays (a
+        late cancel by ref still gets the final status) until ``prune`` needs the room."""
         self.cancel_on_close.discard(run_id)
-        for ref in [r for r, run in self.by_ref.items() if run == run_id]:
-            del self.by_ref[ref]
 
     def prune(self, is_active: Callable[[str], bool]) -> None:
         """Forget ended runs; if refs are still over the limit, the oldest refs."""
@@ -144,20 +145,18 @@ class Connection:
     async def read_commands(self) -> None:
         """Handle commands in order until the socket or the sink closes; the client's
         close (or a dead socket) closes the sink, which ends the writer."""
-        try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.TEXT:
-                    await self.handle_text(msg.data)
-                elif msg.type == WSMsgType.BINARY:
-                    self.error("binary_not_supported", "send JSON text frames")
-                if self.sink.closed:
-                    return
-                # Replies are bounded like events: stop reading a client that is not reading.
-                await self.sink.reply_room()
-                if self.sink.closed:
-                    return
-        finally:
-            self.sink.close("disconnected")
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                await self.handle_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                self.error("binary_not_supported", "send JSON text frames")
+            if self.sink.closed:
+                return
+            # Replies are bounded like events: stop reading a client that is not reading.
+            await self.sink.reply_room()
+            if self.sink.closed:
+                return
+        self.sink.close("disconnected")
 
     async def _cleanup(self) -> None:
         sink, ws = self.sink, self.ws
