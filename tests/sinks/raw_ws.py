@@ -22,7 +22,7 @@ class RawWs:
 
     @classmethod
     async def connect(cls, host: str, port: int, rcvbuf: int | None = None,
-                      sndbuf: int | None = None) -> RawWs:
+                      sndbuf: int | None = None, path: str = "/v1/ws") -> RawWs:
         sock = socket.socket()
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -33,7 +33,7 @@ class RawWs:
         reader, writer = await asyncio.open_connection(sock=sock, limit=16 * 1024)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write((
-            "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
