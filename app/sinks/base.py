@@ -69,6 +69,20 @@ def caused_by_timeout(exc: BaseException | None) -> bool:
     return False
 
 
+async def read_page(hub: Hub, store: EventStore, cursor: Cursor, limit: int) -> Page:
+    """The next page a lagging cursor missed: from the replay cache when it reaches back
+    (the hub's own frames, no store round trip), else from the store. The hub's published
+    mark is sampled first, so a complete page covers everything up to it."""
+    conversation = cursor.conversation_id
+    after = cursor.written_seq
+    published = hub.published_seq(conversation)
+    cached = hub.recent.after(conversation, after, limit)
+    if cached is not None:
+        return Page.read(cached, after, limit, published, cursor.run_id, shared=True)
+    rows = await store.read_events(conversation, after, limit, run_id=cursor.run_id)
+    return Page.read(rows, after, limit, published)
+
+
 class Sink:
     """One connection's delivery: subscriptions in, frames out, until closed."""
 
@@ -355,27 +369,18 @@ class Sink:
             raise SinkClosed from None
 
     async def _catch_up(self, cursor: Cursor) -> None:
-        """One page for a lagging cursor: from the replay cache when it reaches back (the
-        hub's own frames, no store round trip), else from the store."""
+        """Write one page a lagging cursor missed; it goes live when that reaches the hub."""
         if cursor.ended or self.closed:
             return
-        conversation = cursor.conversation_id
-        after = cursor.written_seq
-        limit = self.policy.catchup_page
-        published = self.hub.published_seq(conversation)
-        cached = self.hub.recent.after(conversation, after, limit)
-        if cached is not None:
-            page = Page.read(cached, after, limit, published, cursor.run_id, shared=True)
-        else:
-            rows = await self.store.read_events(conversation, after, limit, run_id=cursor.run_id)
-            if cursor.ended or self.closed:
-                return
-            page = Page.read(rows, after, limit, published)
+        page = await read_page(self.hub, self.store, cursor, self.policy.catchup_page)
+        if cursor.ended or self.closed:
+            return
         out = self.delivery.plan_page(cursor, page)
         if out.events:
             if out.folded:
                 metrics.MERGED.labels(self.transport).inc(out.folded)
             await self._timed_write(frames_of(out.events, self.transport))
             self._delivered(len(out.events))
-        if self.delivery.page_written(cursor, out, self.hub.published_seq(conversation)):
+        published = self.hub.published_seq(cursor.conversation_id)
+        if self.delivery.page_written(cursor, out, published):
             self._finish(cursor)
