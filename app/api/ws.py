@@ -1,6 +1,11 @@
 """``GET /v1/ws``: one socket, many subscriptions, start/input/cancel/ping commands.
 
-The handler owns two things and ends both: the sink's writer task and the read loop here.
+A connection runs three tasks in one ``asyncio.TaskGroup``: the command reader, the sink's
+writer, and the credential-expiry watch. The writer's end is the connection's end (it then
+cancels the others); the reader and the expiry end it by closing the sink; a task that fails
+cancels the rest. Cleanup (close handshake, hub, runs to cancel, bookkeeping) runs once, in
+``Connection.serve``'s ``finally``, whatever happened.
+
 Commands are handled in order, so a ``cancel`` naming a ``start``'s ref is always resolved
 against the run that start created, even when the client sent it before seeing the ``ack``.
 """
@@ -10,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
 
 import msgspec
 import structlog
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 
 from app import metrics
+from app.api.common import error_response
 from app.api.errors import ws_error
 from app.auth.access import conversation_for, principal_of, require_write, run_for
 from app.auth.authenticator import Principal
@@ -30,7 +36,9 @@ from app.errors import (
     Unauthenticated,
     shutting_down,
 )
-from app.sinks.ws import WsSink
+from app.sinks.base import SinkClosed
+from app.sinks.cursor import Cursor
+from app.sinks.ws import WsSink, close_code
 from app.state import STATE, State, connection_id
 from protocol.messages import (
     Ack,
@@ -52,23 +60,136 @@ log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
 COMMAND_TYPES = frozenset({"start", "subscribe", "unsubscribe", "input", "cancel", "ping",
                            "refresh"})
+# Start refs a socket remembers for cancel-by-ref; past this, refs of ended runs (then the
+# oldest) are forgotten, so a socket that lives for days does not grow with every run.
+STARTED_REFS_LIMIT = 1024
+
+
+class ConnectionOver(Exception):
+    """Raised when the writer ends: the task group's way of ending the other tasks."""
+
+
+class StartedRuns:
+    """Runs started on this socket: ``ref -> run id`` for cancel-by-ref, and the runs to
+    cancel when the socket closes (``on_disconnect: cancel``). A run leaves the cancel set
+    when its ``done`` is delivered; past ``limit`` entries ``prune`` drops ended runs (also
+    those that ended unseen, after an unsubscribe), then the oldest refs."""
+
+    def __init__(self, limit: int = STARTED_REFS_LIMIT) -> None:
+        self.limit = limit
+        self.by_ref: dict[str, str] = {}
+        self.cancel_on_close: set[str] = set()
+
+    def add(self, ref: str | None, run_id: str, cancel_on_close: bool,
+            is_active: Callable[[str], bool]) -> None:
+        if ref is not None:
+            self.by_ref[ref] = run_id
+        if cancel_on_close:
+            self.cancel_on_close.add(run_id)
+        if len(self.by_ref) > self.limit or len(self.cancel_on_close) > self.limit:
+            self.prune(is_active)
+
+    def ended(self, run_id: str) -> None:
+        """The run's ``done`` was delivered: nothing to cancel any more. Its ref stays (a
+        late cancel by ref still gets the final status) until ``prune`` needs the room."""
+        self.cancel_on_close.discard(run_id)
+
+    def prune(self, is_active: Callable[[str], bool]) -> None:
+        """Forget ended runs; if refs are still over the limit, the oldest refs."""
+        self.cancel_on_close = {r for r in self.cancel_on_close if is_active(r)}
+        self.by_ref = {ref: run for ref, run in self.by_ref.items() if is_active(run)}
+        while len(self.by_ref) > self.limit:
+            del self.by_ref[next(iter(self.by_ref))]
 
 
 class Connection:
     """One WebSocket client: its sink, the runs it started, and its command handlers."""
 
-    def __init__(self, st: State, sink: WsSink, principal: Principal) -> None:
-        self.st = st
+    def __init__(self, state: State, ws: web.WebSocketResponse, sink: WsSink,
+                 principal: Principal) -> None:
+        self.state = state
+        self.ws = ws
         self.sink = sink
         self.principal = principal
         self.refreshed = asyncio.Event()
-        self.started: dict[str, str] = {}  # start ref -> run id
-        self.cancel_on_close: set[str] = set()
+        self.runs = StartedRuns()
+        sink.on_finished = self._run_finished
 
-    def error(self, code: str, message: str, ref: str | None = None, **ids: Any) -> None:
-        self.sink.send_reply(ErrorReply(ref=ref, code=code, message=message, **ids))
+    def _run_finished(self, cursor: Cursor) -> None:
+        """A run subscription delivered its ``done``: the run leaves our bookkeeping."""
+        if cursor.run_id is not None:
+            self.runs.ended(cursor.run_id)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run reader, writer and expiry until the writer ends; clean up once."""
+        name = self.sink.connection_id
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.read_commands(), name=f"ws-reader:{name}")
+                tasks.create_task(self._write(), name=f"ws-writer:{name}")
+                tasks.create_task(self.expire(), name=f"ws-expiry:{name}")
+        except* ConnectionOver:
+            pass
+        except* Exception as failed:
+            log.error("ws_connection_failed", exc_info=failed.exceptions[0])
+            self.sink.close("internal_error")
+        finally:
+            await self._cleanup()
+
+    async def _write(self) -> None:
+        await self.sink.run()
+        raise ConnectionOver
+
+    async def read_commands(self) -> None:
+        """Handle commands in order until the socket or the sink closes; the client's
+        close (or a dead socket) closes the sink, which ends the writer."""
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                await self.handle_text(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                self.error("binary_not_supported", "send JSON text frames")
+            if self.sink.closed:
+                return
+            # Replies are bounded like events: stop reading a client that is not reading.
+            await self.sink.reply_room()
+            if self.sink.closed:
+                return
+        self.sink.close("disconnected")
+
+    async def _cleanup(self) -> None:
+        sink, ws = self.sink, self.ws
+        sink.close("disconnected")
+        sink.release()
+        reason = sink.close_reason
+        if not ws.closed and reason != "write_timeout":
+            try:
+                async with asyncio.timeout(sink.policy.write_timeout):
+                    await ws.close(code=close_code(reason), message=(reason or "").encode())
+            except (TimeoutError, ConnectionError, RuntimeError):
+                sink.abort()
+        for run_id in self.runs.cancel_on_close:
+            self.state.engine.request_cancel(run_id, reason="client_disconnected")
+        self.state.sinks.discard(sink)
+        if isinstance(ws.exception(), asyncio.TimeoutError):
+            metrics.PEERS_DROPPED.labels("ws", "heartbeat").inc()
+        log.info("ws_closed", reason=reason, code=close_code(reason), delivered=sink.delivered)
+
+    # ---- replies -----------------------------------------------------------------------
+
+    def reply(self, message: object) -> None:
+        try:
+            self.sink.wire.send_reply(message)
+        except (ConnectionError, RuntimeError) as exc:
+            self.sink.transport_lost(exc)
+
+    def error(self, code: str, message: str, ref: str | None = None) -> None:
+        self.reply(ErrorReply(ref=ref, code=code, message=message))
 
     async def handle_text(self, raw: str) -> None:
+        """One command, answered whatever happens: a coded error, or ``internal_error``
+        for a bug (logged), so the reader survives and the cleanup still runs."""
         try:
             cmd = decode_command(raw)
         except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
@@ -77,10 +198,19 @@ class Connection:
         except msgspec.DecodeError as exc:
             self.error("malformed_json", f"not valid JSON: {exc}")
             return
+        except Exception:
+            log.exception("ws_decode_failed")
+            self.error("internal_error", "the command could not be read")
+            return
         try:
             await self.dispatch(cmd)
         except AgentstreamError as exc:
-            self.sink.send_reply(ws_error(exc, cmd.ref))
+            self.reply(ws_error(exc, cmd.ref))
+        except SinkClosed:
+            pass  # the socket closed while the command ran: nothing to answer
+        except Exception:
+            log.exception("ws_command_failed", command=type(cmd).__name__)
+            self.error("internal_error", "the command failed on the server", cmd.ref)
 
     @staticmethod
     def _classify(raw: str, exc: msgspec.ValidationError) -> tuple[str, str, str | None]:
@@ -95,10 +225,12 @@ class Connection:
                     return "unknown_type", f"unknown command type {kind!r}: {exc}", ref
         return "invalid_command", str(exc), ref
 
+    # ---- commands ----------------------------------------------------------------------
+
     async def dispatch(self, cmd: Command) -> None:
-        engine = self.st.engine
+        engine = self.state.engine
         if isinstance(cmd, PingCommand):
-            self.sink.send_reply(Pong(ref=cmd.ref))
+            self.reply(Pong(ref=cmd.ref))
         elif isinstance(cmd, StartCommand):
             await self.start(cmd)
         elif isinstance(cmd, SubscribeCommand):
@@ -107,12 +239,11 @@ class Connection:
             key = self._key(cmd.conversation_id, cmd.run_id)
             if not self.sink.unsubscribe(key):
                 raise NotFound("not_subscribed", f"no subscription to {key[1]!r}")
-            self.sink.send_reply(Ack(ref=cmd.ref, run_id=cmd.run_id,
-                                     conversation_id=cmd.conversation_id))
+            self.reply(Ack(ref=cmd.ref, run_id=cmd.run_id, conversation_id=cmd.conversation_id))
         elif isinstance(cmd, InputCommand):
             await run_for(engine, self.principal, cmd.run_id, write=True)
             await engine.answer(cmd.run_id, cmd.request_id, cmd.value)
-            self.sink.send_reply(Ack(ref=cmd.ref, run_id=cmd.run_id))
+            self.reply(Ack(ref=cmd.ref, run_id=cmd.run_id))
         elif isinstance(cmd, CancelCommand):
             await self.cancel(cmd)
         elif isinstance(cmd, RefreshCommand):
@@ -120,21 +251,21 @@ class Connection:
 
     def refresh(self, cmd: RefreshCommand) -> None:
         """Swap in a fresh credential for the same user before the current one expires."""
-        if not self.st.auth.enabled:
+        if not self.state.auth.enabled:
             raise BadRequest("auth_disabled", "this server does not use tokens")
-        fresh = self.st.auth.verify(cmd.token)
+        fresh = self.state.auth.verify(cmd.token)
         if fresh.user != self.principal.user:
             raise Unauthenticated("invalid_token", "a refresh token must be for the same user")
         self.principal = fresh
         self.refreshed.set()
-        self.sink.send_reply(Ack(ref=cmd.ref))
+        self.reply(Ack(ref=cmd.ref))
 
     async def expire(self) -> None:
         """Close 1008 when the credential expires, unless a ``refresh`` came first."""
         while True:
             expires_at = self.principal.expires_at
             if expires_at is None:
-                await asyncio.Event().wait()  # never expires: wait to be cancelled
+                await asyncio.Event().wait()  # never expires: cancelled with the connection
             self.refreshed.clear()
             delay = (expires_at or 0) - time.time()
             if delay > 0:
@@ -142,16 +273,15 @@ class Connection:
                     async with asyncio.timeout(delay):
                         await self.refreshed.wait()
                 continue
-            self.sink.close_code = WSCloseCode.POLICY_VIOLATION
             self.sink.close("token_expired")
             return
 
     def check_room(self) -> None:
-        limit = self.st.settings.max_subscriptions
+        limit = self.state.settings.max_subscriptions
         if limit and len(self.sink.subs) >= limit:
             metrics.LIMITED.labels("subscriptions").inc()
             raise LimitExceeded("too_many_subscriptions",
-                           f"at most {limit} subscriptions per socket")
+                                f"at most {limit} subscriptions per socket")
 
     @staticmethod
     def _key(conversation_id: str | None, run_id: str | None) -> tuple[str, str]:
@@ -162,32 +292,33 @@ class Connection:
         assert conversation_id is not None
         return ("conversation", conversation_id)
 
+    def _is_active(self, run_id: str) -> bool:
+        return run_id in self.state.engine.active
+
     async def start(self, cmd: StartCommand) -> None:
-        if cmd.ref is not None and cmd.ref in self.started:
+        if cmd.ref is not None and cmd.ref in self.runs.by_ref:
             raise Conflict("duplicate_ref", f"ref {cmd.ref!r} already started a run")
         require_write(self.principal)
         self.check_room()
-        self.st.run_limiter.check(self.principal.user)
-        run = await self.st.engine.start_run(
-            StartRunRequest(
-                agent=cmd.agent, input=cmd.input, conversation_id=cmd.conversation_id,
-                on_disconnect=cmd.on_disconnect, metadata=cmd.metadata,
-            ),
-            owner=self.principal.user if self.st.auth.enabled else None,
+        self.state.run_limiter.check(self.principal.user)
+        run = await self.state.engine.start_run(
+            StartRunRequest(agent=cmd.agent, input=cmd.input,
+                            conversation_id=cmd.conversation_id,
+                            on_disconnect=cmd.on_disconnect, metadata=cmd.metadata),
+            owner=self.principal.user if self.state.auth.enabled else None,
             admin=self.principal.admin,
         )
         rec = run.record
-        if cmd.ref is not None:
-            self.started[cmd.ref] = rec.run_id
-        if rec.on_disconnect == "cancel":
-            self.cancel_on_close.add(rec.run_id)
-        self.sink.send_reply(Ack(ref=cmd.ref, run_id=rec.run_id,
-                                 conversation_id=rec.conversation_id, status=rec.status))
+        # Registered before anything else can fail: a socket that died meanwhile still
+        # cancels an ``on_disconnect: cancel`` run in its cleanup.
+        self.runs.add(cmd.ref, rec.run_id, rec.on_disconnect == "cancel", self._is_active)
+        self.reply(Ack(ref=cmd.ref, run_id=rec.run_id, conversation_id=rec.conversation_id,
+                       status=rec.status))
         self.sink.subscribe(rec.conversation_id, after=rec.first_seq - 1, run_id=rec.run_id,
                             ends_on_done=True)
 
     async def subscribe(self, cmd: SubscribeCommand) -> None:
-        engine = self.st.engine
+        engine = self.state.engine
         key = self._key(cmd.conversation_id, cmd.run_id)
         if key not in self.sink.subs:
             self.check_room()
@@ -205,8 +336,10 @@ class Connection:
         last = conv.seq if conv is not None else 0
         if after > last:
             raise BadRequest("invalid_after",
-                           f"after={after} is ahead of the conversation (last seq {last})")
-        self.sink.send_reply(Ack(ref=cmd.ref, run_id=run_id, conversation_id=conversation_id))
+                             f"after={after} is ahead of the conversation (last seq {last})")
+        if self.sink.closed:
+            raise SinkClosed(self.sink.close_reason or "closed")
+        self.reply(Ack(ref=cmd.ref, run_id=run_id, conversation_id=conversation_id))
         self.sink.subscribe(conversation_id, after=start, run_id=run_id,
                             ends_on_done=run_id is not None)
         log.debug("ws_subscribed", key=key, after=start)
@@ -215,79 +348,54 @@ class Connection:
         run_id = cmd.run_id
         if run_id is None:
             start_ref = cmd.start_ref or cmd.ref
-            run_id = self.started.get(start_ref or "")
+            run_id = self.runs.by_ref.get(start_ref or "")
             if run_id is None:
                 raise NotFound("run_not_found",
                                f"no run_id and no start with ref {start_ref!r} on this socket")
-        await run_for(self.st.engine, self.principal, run_id, write=True)
-        _, record = await self.st.engine.cancel(run_id)
-        self.sink.send_reply(Ack(ref=cmd.ref, run_id=run_id, status=record.status))
+        await run_for(self.state.engine, self.principal, run_id, write=True)
+        _, record = await self.state.engine.cancel(run_id)
+        self.reply(Ack(ref=cmd.ref, run_id=run_id, status=record.status))
 
-    def on_closed(self) -> None:
-        for run_id in self.cancel_on_close:
-            self.st.engine.request_cancel(run_id, reason="client_disconnected")
+
+def upgrade_required() -> web.Response:
+    """``426`` for a plain GET: the client must upgrade to a WebSocket (RFC 9110 15.5.22)."""
+    response = error_response(426, "upgrade_required",
+                              "this endpoint speaks WebSocket: send an Upgrade: websocket request")
+    response.headers["Upgrade"] = "websocket"
+    response.headers["Connection"] = "Upgrade"
+    return response
 
 
 @routes.get("/v1/ws")
 async def websocket(request: web.Request) -> web.StreamResponse:
-    st = request.app[STATE]
-    if st.shutting_down:
+    state = request.app[STATE]
+    if state.shutting_down:
         raise shutting_down()
+    if request.headers.get("Upgrade", "").strip().lower() != "websocket":
+        return upgrade_required()
     principal = principal_of(request)  # authenticated at the upgrade, by the middleware
-    st.connections.acquire(principal.user)
+    state.connections.acquire(principal.user)
     try:
-        return await _serve(request, st, principal)
+        return await _serve(request, state, principal)
     finally:
-        st.connections.release(principal.user)
+        state.connections.release(principal.user)
 
 
-async def _serve(request: web.Request, st: State, principal: Principal) -> web.WebSocketResponse:
-    policy = st.settings.policy
+async def _serve(request: web.Request, state: State, principal: Principal) -> web.StreamResponse:
+    policy = state.settings.policy
     ws = web.WebSocketResponse(
         heartbeat=policy.heartbeat,
-        max_msg_size=st.settings.max_ws_message,
+        max_msg_size=state.settings.max_ws_message,
         compress=False,
         timeout=5.0,
     )
+    if not ws.can_prepare(request).ok:
+        raise BadRequest("invalid_websocket_handshake",
+                         "the WebSocket handshake headers are missing or invalid")
     await ws.prepare(request)
-    cid = connection_id()
-    structlog.contextvars.bind_contextvars(connection_id=cid)
-    sink = WsSink(ws, request, st.hub, st.store, policy, cid)
-    conn = Connection(st, sink, principal)
-    st.sinks.add(sink)
-    reader = asyncio.create_task(_read_loop(ws, conn), name=f"ws-reader:{cid}")
-    writer = asyncio.create_task(sink.run(), name=f"ws-writer:{cid}")
-    expiry = asyncio.create_task(conn.expire(), name=f"ws-expiry:{cid}")
-    try:
-        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sink.close(sink.close_reason or "disconnected")
-        if not ws.closed:
-            # Wakes the read loop with a close message and does the closing handshake.
-            await ws.close(code=sink.close_code, message=(sink.close_reason or "").encode())
-        expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await expiry
-        for task in (writer, reader):
-            try:
-                async with asyncio.timeout(policy.write_timeout):
-                    await task
-            except TimeoutError:
-                task.cancel()
-        conn.on_closed()
-        st.sinks.discard(sink)
-        if isinstance(ws.exception(), asyncio.TimeoutError):
-            metrics.PEERS_DROPPED.labels("ws", "heartbeat").inc()
-        log.info("ws_closed", reason=sink.close_reason, code=ws.close_code,
-                 delivered=sink.delivered)
+    conn_id = connection_id()
+    structlog.contextvars.bind_contextvars(connection_id=conn_id)
+    sink = WsSink(ws, request, state.hub, state.store, policy, conn_id)
+    state.sinks.add(sink)
+    await Connection(state, ws, sink, principal).serve()
     return ws
-
-
-async def _read_loop(ws: web.WebSocketResponse, conn: Connection) -> None:
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            await conn.handle_text(msg.data)
-        elif msg.type == WSMsgType.BINARY:
-            conn.error("binary_not_supported", "send JSON text frames")
-        if conn.sink.closed:
-            return

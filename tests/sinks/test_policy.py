@@ -88,7 +88,7 @@ async def test_stalled_reader_costs_the_fast_ones_nothing_and_later_gets_everyth
             nonlocal peak_queue
             while True:
                 for sink in list(st.sinks):
-                    peak_queue = max(peak_queue, sink._queued_bytes)
+                    peak_queue = max(peak_queue, sink.delivery.queue.bytes)
                 await asyncio.sleep(0.002)
 
         watcher = asyncio.create_task(watch())
