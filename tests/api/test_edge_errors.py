@@ -8,13 +8,13 @@ import aiohttp
 from tests.conftest import LiveServer, ServerFactory, url
 
 
-async def test_plain_get_of_the_websocket_path_is_400_bad_request(
+async def test_plain_get_of_the_websocket_path_is_426_upgrade_required(
     server: LiveServer, http: aiohttp.ClientSession
 ) -> None:
     async with http.get(url(server, "/v1/ws")) as r:
-        assert r.status == 400
+        assert r.status == 426 and r.headers.get("Upgrade", "").lower() == "websocket"
         error = (await r.json())["error"]
-        assert error["code"] == "bad_request" and "upgrade" in error["message"].lower()
+        assert error["code"] == "upgrade_required" and "upgrade" in error["message"].lower()
 
 
 async def test_cors_preflight_from_an_unlisted_origin_is_403_forbidden(
