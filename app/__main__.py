@@ -2,7 +2,8 @@
 
 Start-up order, each step failing with one line and its own exit code, having written
 nothing: configuration (2), the listening socket (3: address in use), the store's
-exclusive lock (4: another process serves this database). Only then does recovery write.
+exclusive lock (4: another process serves this database), opening the database (5: cannot
+open or create it, e.g. a read-only or missing directory). Only then does recovery write.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from aiohttp import web
 from app.config import load_settings
 from app.logging import configure
 from app.state import STATE
-from app.store.base import StoreLocked
+from app.store.base import StoreLocked, StoreUnavailable
 
 EXIT_CONFIG = 2
 EXIT_ADDRESS_IN_USE = 3
 EXIT_STORE_LOCKED = 4
+EXIT_STORE_UNAVAILABLE = 5
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -60,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                     hint="no authentication is configured")
     try:
         app[STATE].store.take_lock()
-    except StoreLocked as exc:
+    except (StoreLocked, StoreUnavailable) as exc:
         sock.close()
         print(f"agentstream: {exc}", file=sys.stderr)
-        return EXIT_STORE_LOCKED
+        return EXIT_STORE_LOCKED if isinstance(exc, StoreLocked) else EXIT_STORE_UNAVAILABLE
     port = sock.getsockname()[1]
     log.info("listening", url=f"http://{settings.host}:{port}", db=settings.db)
     try:
@@ -75,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_timeout=settings.shutdown_grace,
             handle_signals=True,
         )
-    except StoreLocked as exc:
+    except (StoreLocked, StoreUnavailable) as exc:
         print(f"agentstream: {exc}", file=sys.stderr)
-        return EXIT_STORE_LOCKED
+        return EXIT_STORE_LOCKED if isinstance(exc, StoreLocked) else EXIT_STORE_UNAVAILABLE
     return 0
 
 

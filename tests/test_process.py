@@ -270,3 +270,16 @@ async def test_memory_database_serves_a_run(tmp_path: Path) -> None:
         assert events[-1]["type"] == "done" and events[-1]["data"]["events"] == len(events)
     finally:
         proc.stop()
+
+
+def test_a_database_that_cannot_be_opened_is_one_line_and_exit_5(tmp_path: Path) -> None:
+    """A failing disk at start (here: the database's directory is a file) is refused with one
+    line, not a traceback, before anything listens or writes."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    res = subprocess.run(
+        [sys.executable, "-m", "app", "--port", "0", "--db", str(blocker / "x.db")],
+        capture_output=True, text=True, timeout=30)
+    assert res.returncode == 5
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot open" in lines[0], res.stderr

@@ -29,8 +29,9 @@ from protocol.events import (
 )
 from protocol.messages import PendingInput
 
-# (run, event class, payload, save the run row with it) -> the commit to wait on, if any
-Emit = Callable[[ActiveRun, type[EventBase], msgspec.Struct, bool], Awaitable[None]]
+# Queue a lifecycle event together with the run's row: waiting for room (Emit, the agent's
+# side) or at once, returning the commit to acknowledge on (EmitNow, a client's answer).
+Emit = Callable[[ActiveRun, type[EventBase], msgspec.Struct], Awaitable[None]]
 EmitNow = Callable[[ActiveRun, type[EventBase], msgspec.Struct], "asyncio.Future[None]"]
 
 
@@ -70,7 +71,7 @@ class InputBroker:
             request_id=request_id, prompt=prompt, choices=choices, schema=schema,
             expires_at=expires_at, default=default if has_default else None,
             has_default=has_default,
-        ), True)
+        ))
         metrics.INPUT_PENDING.inc()
         try:
             return await self._wait(run, fut, request_id, deadline, default, has_default)
@@ -95,7 +96,7 @@ class InputBroker:
             raise InputTimeout(f"no answer to {request_id} within {deadline:g}s")
         self._resume(run)
         await self._emit(run, UserInputReceived, UserInputReceivedData(
-            request_id=request_id, value=default, source="default"), True)
+            request_id=request_id, value=default, source="default"))
         return default
 
     @staticmethod
@@ -111,7 +112,8 @@ class InputBroker:
         if pending is None or pending.request_id != request_id:
             raise self.not_pending(run.record, request_id, run.expired)
         if pending.future.done():
-            raise Conflict("run_ended", f"run {run.run_id!r} is ending")
+            # Its deadline fired in this same loop iteration (the wait was cancelled).
+            raise Conflict("input_expired", f"request {request_id!r} has expired")
         if pending.choices is not None and value not in pending.choices:
             raise InvalidInput("invalid_input_value", f"value must be one of {pending.choices!r}")
         run.pending = None

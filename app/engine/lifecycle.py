@@ -112,8 +112,8 @@ class RunLifecycle:
         run.record.events += 1
         return op
 
-    async def _emit_with_row(self, run: ActiveRun, cls: type[EventBase], data: msgspec.Struct,
-                             _row: bool) -> None:
+    async def _emit_with_row(self, run: ActiveRun, cls: type[EventBase],
+                             data: msgspec.Struct) -> None:
         await self.store.wait_for_room()
         self._check_open(run)
         self._queue(run, [self._number(run, cls, data)])

@@ -97,7 +97,3 @@ def ops_of(units: list[Unit]) -> list[Op]:
         else:
             out.append(unit)  # type: ignore[arg-type]
     return out
-
-
-def conversation_of(unit: Unit) -> str | None:
-    return unit.conversation_id

@@ -26,7 +26,7 @@ from typing import Any
 import aiosqlite
 
 from app.clock import now_ms
-from app.store.base import EventStore, StoreLocked
+from app.store.base import EventStore, StoreLocked, StoreUnavailable
 from app.store.ops import (
     AppendEvent,
     ExpireConversations,
@@ -123,9 +123,12 @@ class SqliteEventStore(EventStore):
         kernel drops the lock when the process dies, so a SIGKILL leaves nothing stale."""
         if self._lock_fd is not None:
             return
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path + ".lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -144,6 +147,13 @@ class SqliteEventStore(EventStore):
         if self.path == ":memory:":
             raise ValueError("SQLite needs a file: use MemoryEventStore for :memory:")
         self.take_lock()
+        try:
+            await self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            await self._close()
+            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from None
+
+    async def _connect(self) -> None:
         self._wexec = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
         self._w = await loop.run_in_executor(self._wexec, _connect_writer, self.path)
