@@ -8,12 +8,15 @@ open or create it, e.g. a read-only or missing directory). Only then does recove
 
 from __future__ import annotations
 
+import gc
+import os
 import socket
 import sys
 
 import structlog
 from aiohttp import web
 
+from app.cluster.workers import REUSE_PORT_ENV, supervise
 from app.config import load_settings
 from app.logging import configure
 from app.state import STATE
@@ -25,11 +28,14 @@ EXIT_STORE_LOCKED = 4
 EXIT_STORE_UNAVAILABLE = 5
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound before anything touches the database."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """The listening socket, bound before anything touches the database. ``reuse_port``:
+    one of ``--workers`` processes sharing the port (the kernel balances connections)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except BaseException:
@@ -45,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = load_settings(argv)
+        if settings.workers > 1:
+            if settings.port == 0:
+                raise ValueError("workers > 1 needs a fixed --port to share")
+            return supervise(sys.argv[1:] if argv is None else argv, settings.workers)
         app = create_app(settings)
     except ValueError as exc:
         print(f"agentstream: invalid configuration: {exc}", file=sys.stderr)
@@ -52,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log_format, settings.log_level)
     log = structlog.get_logger("app")
     try:
-        sock = bind(settings.host, settings.port)
+        sock = bind(settings.host, settings.port,
+                    reuse_port=os.environ.get(REUSE_PORT_ENV) == "1" and settings.clustered)
     except OSError as exc:
         print(f"agentstream: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
               file=sys.stderr)
@@ -67,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentstream: {exc}", file=sys.stderr)
         return EXIT_STORE_LOCKED if isinstance(exc, StoreLocked) else EXIT_STORE_UNAVAILABLE
     port = sock.getsockname()[1]
-    log.info("listening", url=f"http://{settings.host}:{port}", db=settings.db)
+    address = f"http://{settings.host}:{port}"
+    log.info(f"listening on {address}", url=address, db=settings.db)
+    # Everything made so far (modules, the app, its routes) lives as long as the process:
+    # out of the cyclic collector's sight, a full collection walks only what runs create.
+    gc.freeze()
     try:
         web.run_app(
             app,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -20,7 +21,8 @@ class Settings(msgspec.Struct, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     db: str = "agentstream.db"
-    log_format: Literal["json", "console"] = "json"
+    # auto: human-readable when stderr is a terminal, JSON lines otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
     # Seconds a require_user_input waits when the agent gave no deadline.
     input_timeout: float = 300.0
@@ -68,7 +70,30 @@ class Settings(msgspec.Struct, kw_only=True):
     agents_file: str = ""
     # Shortest interval a recurring schedule may have, in seconds.
     schedule_min_interval: float = 1.0
+    # Serve the demo page at ``/`` (the client module under /client/ is always served).
+    demo_page: bool = True
+    # Webhooks (on with a secret): the deployment's URL (a run may name its own), the HMAC
+    # secret, the hosts deliveries may go to (empty: any public host), private addresses.
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    webhook_allow_hosts: str = ""
+    webhook_allow_private: bool = False
+    webhook_max_attempts: int = 8
+    # Cluster mode (README, Running a cluster): PostgreSQL is the truth, Redis the bus.
+    # Both or neither; with neither, the SQLite file above and one process.
+    store: str = ""
+    bus: str = ""
+    # Processes sharing the port (SO_REUSEPORT); more than one needs store and bus.
+    workers: int = 1
+    # Seconds a node's lease lasts without a heartbeat before a survivor takes over.
+    lease_seconds: float = 10.0
+    # Prefix of the bus channels: deployments sharing one Redis use different names.
+    cluster_name: str = "agentstream"
     policy: SinkPolicy = msgspec.field(default_factory=SinkPolicy)
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.store)
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -97,12 +122,35 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("max_subscriptions", "max_connections_per_user", "runs_per_minute"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.webhook_max_attempts < 1:
+            raise ValueError("webhook_max_attempts must be >= 1")
+        if self.webhook_url and not self.webhook_secret:
+            raise ValueError("webhook_url needs webhook_secret (deliveries are signed)")
         if self.cors_credentials and "*" in self.cors_origin_list:
             raise ValueError("cors_origins '*' cannot be combined with cors_credentials")
+        self._validate_cluster()
         if self.policy.queue_events < self.store_batch:
             # One committed batch is offered to a sink at once: a bound below it would make
             # every reader, however fast, overflow and catch up from the store.
             raise ValueError("queue_events must be >= store_batch")
+
+
+    def _validate_cluster(self) -> None:
+        if self.store and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store must be a postgresql:// URL (the SQLite file is --db)")
+        if self.bus and not self.bus.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("bus must be a redis:// URL")
+        if bool(self.store) != bool(self.bus):
+            raise ValueError("store and bus go together: a PostgreSQL store needs a Redis "
+                             "bus (and the other way round)")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if self.workers > 1 and not self.clustered:
+            raise ValueError("workers > 1 needs --store postgresql://... and --bus redis://...")
+        if not 1.0 <= self.lease_seconds <= 300.0:
+            raise ValueError("lease_seconds must be within 1..300")
+        if not self.cluster_name or ":" in self.cluster_name:
+            raise ValueError("cluster_name must be non-empty, without ':'")
 
 
 def _parse_bool(raw: str) -> bool:
@@ -119,7 +167,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "host": ("interface to bind", str),
     "port": ("TCP port", int),
     "db": ("SQLite file (':memory:' for none)", str),
-    "log_format": ("json or console", str),
+    "log_format": ("auto (console on a terminal, else json), json or console", str),
     "log_level": ("debug, info, warning, error", str),
     "input_timeout": ("default seconds a require_user_input waits", float),
     "run_timeout": ("seconds before a run fails with run_timeout", float),
@@ -137,6 +185,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "replay_cache_bytes": ("bytes of recent events kept for catch-ups (0: none)", int),
     "agents_file": ("TOML file of extra agents (kind openai or remote)", str),
     "schedule_min_interval": ("shortest interval_seconds a schedule may have", float),
+    "demo_page": ("serve the demo page at / (true/false)", _parse_bool),
     "heartbeat": ("seconds between SSE pings / WebSocket pings", float),
     "queue_events": ("per-connection queue bound, events", int),
     "queue_bytes": ("per-connection queue bound, bytes", int),
@@ -145,6 +194,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_lifetime": ("close streams after this long with a retry hint (0: never)", float),
     "retry_ms": ("SSE retry hint in ms", int),
     "catchup_page": ("events per store read while catching up", int),
+    "compression": ("gzip SSE when the client accepts it (true/false)", _parse_bool),
     "auth": ("none, token or jwt", str),
     "api_keys": ("API keys as 'key=user,key2=user2 admin'", str),
     "api_keys_file": ("file of '<key> <user> [admin]' lines", str),
@@ -158,8 +208,20 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_subscriptions": ("subscriptions per WebSocket", int),
     "max_connections_per_user": ("concurrent streams per user (0: unlimited)", int),
     "runs_per_minute": ("runs a user may start per minute (0: unlimited)", int),
+    "webhook_url": ("URL POSTed on every run's done / require_user_input", str),
+    "webhook_secret": ("HMAC-SHA256 secret signing webhooks (empty: webhooks off)", str),
+    "webhook_allow_hosts": ("comma-separated hosts webhooks may go to (empty: any)", str),
+    "webhook_allow_private": ("allow webhooks to private/loopback addresses", _parse_bool),
+    "webhook_max_attempts": ("delivery attempts before a webhook is failed", int),
+    "store": ("cluster mode: postgresql:// URL of the shared store", str),
+    "bus": ("cluster mode: redis:// URL of the bus between nodes", str),
+    "workers": ("processes sharing the port (cluster mode only)", int),
+    "lease_seconds": ("cluster mode: seconds before a silent node is taken over", float),
+    "cluster_name": ("cluster mode: prefix of the bus channels", str),
 }
-_SECRET_FLAGS = frozenset({"api_keys", "jwt_secret", "stream_token_secret"})
+_SECRET_FLAGS = frozenset(
+    {"api_keys", "jwt_secret", "stream_token_secret", "webhook_secret", "store", "bus"}
+)
 
 _POLICY_FIELDS = set(SinkPolicy.__struct_fields__)
 
@@ -210,7 +272,17 @@ def load_settings(
             (policy if flag in _POLICY_FIELDS else top)[flag] = value
     try:
         settings = msgspec.convert({**top, "policy": policy}, Settings)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc)) from None
-    settings.validate()
+        settings.validate()
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ValueError(flag_names(str(exc))) from None
     return settings
+
+
+_PATH = re.compile(r"`\$\.(?:policy\.)?([a-z_]+)`")
+_FIELD = re.compile(r"\b(" + "|".join(sorted(_FLAGS, key=len, reverse=True)) + r")\b")
+
+
+def flag_names(message: str) -> str:
+    """A settings error as a user reads it: ``--log-format``, not ``$.log_format``."""
+    message = _PATH.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+    return _FIELD.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)

@@ -25,7 +25,17 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def use_console(fmt: str, stream: Any = None) -> bool:
+    """``auto``: the console renderer on a terminal, JSON lines into files and pipes."""
+    if fmt == "auto":
+        isatty = getattr(stream or sys.stderr, "isatty", None)
+        return bool(isatty and isatty())
+    return fmt == "console"
+
+
 def configure(fmt: str = "json", level: str = "info") -> None:
+    """``fmt``: auto, json or console. Colours only on a terminal: a forced ``console``
+    into a file has no ANSI codes."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -33,7 +43,7 @@ def configure(fmt: str = "json", level: str = "info") -> None:
         _redact,
     ]
     renderer: Any = (
-        structlog.dev.ConsoleRenderer() if fmt == "console"
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if use_console(fmt)
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(

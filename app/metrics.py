@@ -6,9 +6,35 @@ lag, pending inputs, active runs) are refreshed from the live objects at scrape 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class Tally(Collector):
+    """A labelled counter moved with a plain ``+=`` on a dict: for the fan-out's hot path,
+    where prometheus-client's ``Counter.inc`` (a lock and a label lookup per call) profiled
+    at ~9 % of fan-out CPU. Read at scrape time; the exposition is a normal counter."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.counts: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in sorted(self.counts.items()):
+            family.add_metric([value], count)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+
 
 CONNECTIONS = Gauge(
     "agentstream_connections", "Open streaming connections", ["transport"], registry=REGISTRY
@@ -16,10 +42,9 @@ CONNECTIONS = Gauge(
 PUBLISHED = Counter(
     "agentstream_events_published", "Events committed and published", registry=REGISTRY
 )
-DELIVERED = Counter(
-    "agentstream_events_delivered", "Event frames written to clients", ["transport"],
-    registry=REGISTRY,
-)
+# ``DELIVERED.counts[transport] += n``: see ``Tally``.
+DELIVERED = Tally("agentstream_events_delivered", "Event frames written to clients", "transport")
+REGISTRY.register(DELIVERED)
 CATCHUPS = Counter(
     "agentstream_sink_catchups", "Sinks that overflowed their queue and caught up from the store",
     ["transport"], registry=REGISTRY,
@@ -38,6 +63,13 @@ QUEUE_DEPTH = Gauge(
 LAGGING = Gauge(
     "agentstream_sink_lagging_subscriptions", "Subscriptions reading from the store",
     ["transport"], registry=REGISTRY,
+)
+FANOUT_SECONDS = Histogram(
+    "agentstream_fanout_seconds",
+    "From a commit's publish to the end of its fan-out (parked subscribers written, busy ones "
+    "queued), observed once per hub flush",
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
 )
 STORE_BATCH_OPS = Histogram(
     "agentstream_store_batch_ops", "Operations per committed store batch",

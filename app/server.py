@@ -13,25 +13,41 @@ from aiohttp import web
 
 from app.agents.config_file import registry_from_file
 from app.agents.registry import AgentRegistry
-from app.api import http, metrics_api, schedules, ws
+from app.api import (
+    compat_ag_ui,
+    compat_ai_sdk,
+    compat_openai,
+    history,
+    http,
+    metrics_api,
+    openapi,
+    schedules,
+    ws,
+)
 from app.api.common import error_response
-from app.api.errors import http_error
+from app.api.compat_openai import OPENAI_PATHS, openai_error
+from app.api.errors import http_status
+from app.api.static import add_static_routes
+from app.api.webhooks import setup_webhooks
 from app.auth.access import PRINCIPAL
 from app.auth.authenticator import Authenticator
 from app.auth.cors import setup_cors
 from app.auth.limits import ConnectionLimiter, RunRateLimiter
-from app.auth.origin import allowed_origins, check_cookie_origin
+from app.auth.origin import allowed_origins, check_browser_origin, check_cookie_origin
+from app.cluster.node import ClusterNode
 from app.config import Settings
 from app.engine.engine import Engine
 from app.engine.retention import retention_loop
 from app.errors import AgentstreamError
 from app.fanout.hub import Hub
 from app.metrics import PUBLISHED, observe_store_batch
+from app.schedules.pg_store import PgScheduleStore
 from app.schedules.scheduler import SCHEDULER, Scheduler, scheduler_ctx
-from app.schedules.store import ScheduleStore
+from app.schedules.store import Schedules, ScheduleStore
 from app.state import STATE, State
 from app.store.base import EventStore
 from app.store.memory import MemoryEventStore
+from app.store.postgres import PostgresEventStore
 from app.store.sqlite import SqliteEventStore
 
 log = structlog.get_logger(__name__)
@@ -75,16 +91,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         structlog.contextvars.bind_contextvars(user=principal.user)
         if source == "cookie":
             check_cookie_origin(request, allowed_origins(st.settings.cors_origins))
+        elif source == "none":
+            check_browser_origin(request, allowed_origins(st.settings.cors_origins))
     return await handler(request)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every non-2xx is ``{"error": {code, message}}``; a bug is a logged 500, no trace out."""
+    """Every non-2xx is ``{"error": {code, message}}`` (on the OpenAI-compatible paths,
+    OpenAI's error shape, so its SDKs raise the right class also for auth and limits); a
+    bug is a logged 500, no trace out."""
     try:
         return await handler(request)
     except AgentstreamError as exc:
-        return http_error(exc)
+        return _error(request, http_status(exc), exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -93,16 +113,42 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
         text = exc.text or ""
         message = text if text and not text.startswith(f"{exc.status}:") else exc.reason
-        return error_response(exc.status, code, message[:300])
+        response = _error(request, exc.status, code, message[:300])
+        if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception:
         log.exception("unhandled_error")
-        return error_response(500, "internal_error", "internal error")
+        return _error(request, 500, "internal_error", "internal error")
+
+
+def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    if request.path.startswith(OPENAI_PATHS):
+        return openai_error(status, code, message)
+    return error_response(status, code, message)
+
+
+CLUSTER = web.AppKey("cluster", ClusterNode)
+
+
+def schedule_store(store: EventStore) -> Schedules:
+    """Schedules live with the events: in the SQLite file, in PostgreSQL (shared by every
+    node, each due time claimed once), or in memory with the memory store."""
+    if isinstance(store, PostgresEventStore):
+        return PgScheduleStore(store)
+    return ScheduleStore(store.path if isinstance(store, SqliteEventStore) else ":memory:")
 
 
 def open_store(settings: Settings) -> EventStore:
-    """The store the settings name: a SQLite file, or memory for ``--db :memory:``."""
+    """The store the settings name: PostgreSQL (cluster mode), a SQLite file, or memory
+    for ``--db :memory:``."""
+    if settings.store:
+        return PostgresEventStore(
+            settings.store, batch_max=settings.store_batch,
+            high_water=settings.store_high_water, low_water=settings.store_low_water,
+            fail_timeout=settings.store_fail_timeout)
     if settings.db == ":memory:":
         return MemoryEventStore(
             batch_max=settings.store_batch, high_water=settings.store_high_water,
@@ -125,11 +171,20 @@ def create_app(
     hub = Hub(settings.replay_cache_bytes)
     hub.on_published = PUBLISHED.inc
     agents = agents or registry_from_file(settings.agents_file)
+    cluster = None
+    if settings.bus:
+        assert isinstance(store, PostgresEventStore), "validated: a bus needs PostgreSQL"
+        cluster = ClusterNode(store, hub, settings.bus, lease=settings.lease_seconds,
+                              forward_timeout=settings.ack_timeout,
+                              prefix=settings.cluster_name)
     engine = Engine(
         store, hub, agents,
         input_timeout=settings.input_timeout, run_timeout=settings.run_timeout,
         max_conversations=settings.max_conversations, ack_timeout=settings.ack_timeout,
+        bus=cluster.bus if cluster else None, peers=cluster.peers if cluster else None,
     )
+    if cluster is not None:
+        cluster.attach(engine)
     auth = Authenticator(
         settings.auth,
         api_keys=settings.api_keys,
@@ -154,24 +209,39 @@ def create_app(
         handler_args={"auto_decompress": False},
     )
     app[STATE] = state
+    if cluster is not None:
+        app[CLUSTER] = cluster
     app.add_routes(http.routes)
+    app.add_routes(history.routes)
     app.add_routes(metrics_api.routes)
+    openapi.setup(app)
     app.add_routes(ws.routes)
+    app.add_routes(compat_openai.routes)  # issue 17: OpenAI Chat Completions
+    app.add_routes(compat_ai_sdk.routes)  # issue 17: Vercel AI SDK UI message stream
+    app.add_routes(compat_ag_ui.routes)  # issue 17: AG-UI
     setup_cors(app, settings.cors_origin_list, settings.cors_credentials)
     app.add_routes(schedules.routes)
-    # Schedules live in the event store's database file (memory when it has none).
-    schedule_db = store.path if isinstance(store, SqliteEventStore) else ":memory:"
-    app[SCHEDULER] = Scheduler(ScheduleStore(schedule_db), engine,
+    add_static_routes(app, settings.demo_page)
+    app[SCHEDULER] = Scheduler(schedule_store(store), engine,
                                min_interval=settings.schedule_min_interval)
     app.cleanup_ctx.append(_lifecycle)
     app.cleanup_ctx.append(scheduler_ctx)  # starts after, stops before, the engine's step
+    setup_webhooks(app, settings, engine)  # its delivery step too
     app.on_shutdown.append(_on_shutdown)
     return app
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     st = app[STATE]
+    cluster = app.get(CLUSTER)
     await st.store.open()
+    if cluster is not None:
+        try:
+            await cluster.start()
+        except BaseException:
+            await cluster.close()
+            await st.store.close(timeout=1)
+            raise
     interrupted = await st.engine.recover()
     log.info("store_opened", store=type(st.store).__name__, interrupted_runs=interrupted)
     sweeper = asyncio.create_task(_retention(app), name="retention")
@@ -190,6 +260,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             timeout=max(0.2, left) if st.shutdown_deadline else st.settings.shutdown_grace)
         if lost:
             log.error("store_closed_with_unwritten_units", units=lost)
+        if cluster is not None:
+            await cluster.close()  # after the last writes: only then give conversations back
         await st.agents.close()
         log.info("store_closed")
 

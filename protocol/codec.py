@@ -39,11 +39,16 @@ def sse_frame(seq: int, event_type: str, body: bytes) -> bytes:
 
 
 def sse_comment(text: str) -> bytes:
-    return b": " + text.encode() + b"\n\n"
+    """A comment line with no blank line after it: a blank line would end an empty event,
+    which parsers that keep the last id between events (httpx-sse) dispatch as a phantom
+    event. Comments are ignored wherever they fall, so the next frame's blank line ends it."""
+    return b": " + text.encode() + b"\n"
 
 
 def sse_retry(ms: int) -> bytes:
-    return b"retry: %d\n\n" % ms
+    """The ``retry:`` field without a blank line of its own: EventSource applies it when the
+    line is parsed, and it joins the next event's frame instead of making an empty one."""
+    return b"retry: %d\n" % ms
 
 
 def ws_event_payload(body: bytes) -> bytes:
@@ -66,34 +71,32 @@ def ws_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
-class EncodedEvent:
-    """An event encoded once: its JSON body plus lazily built, cached transport frames."""
+class EncodedEvent(msgspec.Struct, gc=False):
+    """An event encoded once: its JSON body plus lazily built, cached transport frames.
 
-    __slots__ = ("_sse", "_ws", "body", "conversation_id", "item_id", "run_id", "seq", "type")
+    ``gc=False``: the replay cache and the store's queue hold tens of thousands of these;
+    as ordinary objects every full collection walked them all (20-70 ms pauses of the event
+    loop under a fast run, the tail of scripts/fairness.py). They hold only bytes, str and
+    int, so they can never be part of a reference cycle and need no tracking.
+    """
 
-    def __init__(
-        self,
-        seq: int,
-        type: str,
-        conversation_id: str,
-        run_id: str | None,
-        body: bytes,
-        item_id: str | None = None,
-    ) -> None:
-        self.seq = seq
-        self.type = type
-        self.conversation_id = conversation_id
-        self.run_id = run_id
-        self.body = body
-        self.item_id = item_id
-        self._sse: bytes | None = None
-        self._ws: bytes | None = None
+    seq: int
+    type: str
+    conversation_id: str
+    run_id: str | None
+    body: bytes
+    item_id: str | None = None
+    _sse: bytes | None = None
+    _ws: bytes | None = None
 
     @classmethod
-    def from_event(cls, event: EventBase) -> EncodedEvent:
+    def from_event(cls, event: EventBase, key: str | None = None) -> EncodedEvent:
+        """``key``: where the event is stored and routed, when that differs from the id
+        the wire shows (the service scopes conversation ids per owner)."""
         tag: str = event.__struct_config__.tag  # type: ignore[assignment]
         return cls(
-            event.seq, tag, event.conversation_id, event.run_id, encode_event(event), event.item_id
+            event.seq, tag, key or event.conversation_id, event.run_id, encode_event(event),
+            event.item_id,
         )
 
     @property

@@ -22,7 +22,9 @@ class _Data(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     """Base of every payload: unknown fields from newer servers are ignored."""
 
 
-class ErrorInfo(_Data):
+class ErrorDetail(_Data):
+    """A coded error: in ``done.data.error``, task failures, and HTTP error bodies alike."""
+
     code: str
     message: str
 
@@ -65,7 +67,7 @@ class RunCancellingData(_Data):
 class DoneData(_Data):
     status: FinalStatus
     events: int
-    error: ErrorInfo | None = None
+    error: ErrorDetail | None = None
 
 
 class MessageChunkData(_Data):
@@ -97,11 +99,19 @@ class ToolCallStartedData(_Data):
     arguments: Any = None
 
 
+class ToolCallArgumentsData(_Data):
+    """A piece of a tool call's arguments as the model streams them (JSON text, possibly
+    cut anywhere); between ``tool_call_started`` and ``tool_call_completed`` of one item."""
+
+    delta: str
+    merged: int = 1
+
+
 class ToolCallCompletedData(_Data):
     name: str
     arguments: Any = None
     result: Any = None
-    error: ErrorInfo | None = None
+    error: ErrorDetail | None = None
 
 
 class ComponentGeneratorData(_Data):
@@ -117,7 +127,7 @@ class NotifyData(_Data):
 class TaskData(_Data):
     title: str | None = None
     result: Any = None
-    error: ErrorInfo | None = None
+    error: ErrorDetail | None = None
 
 
 # ---- envelope ---------------------------------------------------------------------------
@@ -185,6 +195,10 @@ class ToolCallStarted(EventBase, tag="tool_call_started"):
     data: ToolCallStartedData
 
 
+class ToolCallArguments(EventBase, tag="tool_call_arguments"):
+    data: ToolCallArgumentsData
+
+
 class ToolCallCompleted(EventBase, tag="tool_call_completed"):
     data: ToolCallCompletedData
 
@@ -226,6 +240,7 @@ Event = (
     | Reasoning
     | ReasoningCompleted
     | ToolCallStarted
+    | ToolCallArguments
     | ToolCallCompleted
     | ComponentGenerator
     | Notify
@@ -241,7 +256,8 @@ EVENT_CLASSES: dict[str, type[EventBase]] = {
 EVENT_TYPES: frozenset[str] = frozenset(EVENT_CLASSES)
 
 # Control events are never merged or dropped by a catching-up sink; only chunks merge.
-MERGEABLE_TYPES: frozenset[str] = frozenset({"message_chunk", "reasoning"})
+MERGEABLE_TYPES: frozenset[str] = frozenset({"message_chunk", "reasoning",
+                                             "tool_call_arguments"})
 
 # Lifecycle events: written by the engine only (PROTOCOL.md's "run lifecycle" group plus
 # ``conversation_started``); an agent may not emit them.

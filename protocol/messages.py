@@ -10,11 +10,19 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from protocol.events import ErrorDetail as ErrorDetail  # one error shape everywhere
+
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Id = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
-AgentName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+AGENT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+AgentName = Annotated[str, msgspec.Meta(pattern=AGENT_PATTERN)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 OnDisconnect = Literal["continue", "cancel"]
+# What a start does while another run of its conversation is active (engine/starts.py).
+Multitask = Literal["reject", "enqueue", "interrupt", "parallel", "answer"]
+# ``Idempotency-Key``: printable ASCII, as Stripe's and the IETF draft's keys are.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+IdempotencyKey = Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -30,6 +38,10 @@ class StartRunRequest(_Body):
     conversation_id: Id | None = None
     on_disconnect: OnDisconnect = "continue"
     metadata: dict[str, Any] | None = None
+    # None: the server's default (``reject``).
+    multitask: Multitask | None = None
+    # POSTed on this run's ``done`` and ``require_user_input`` (PROTOCOL-NOTES "Webhooks").
+    webhook_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
 
 
 class InputRequest(_Body):
@@ -37,20 +49,16 @@ class InputRequest(_Body):
     value: Any = None
 
 
-class ErrorDetail(msgspec.Struct):
-    code: str
-    message: str
-
-
 class ErrorBody(msgspec.Struct):
     error: ErrorDetail
 
 
-class StartRunResponse(msgspec.Struct):
+class StartRunResponse(msgspec.Struct, omit_defaults=True):
     run_id: str
     conversation_id: str
     status: str
     events_url: str
+    replayed: bool = False
 
 
 class PendingInput(msgspec.Struct, omit_defaults=True):
@@ -87,6 +95,13 @@ class AgentList(msgspec.Struct):
     agents: list[AgentCard]
 
 
+class HealthStatus(msgspec.Struct):
+    """``/healthz`` and ``/readyz``: ok, ready, shutting_down, store_unavailable or
+    bus_unavailable (cluster mode)."""
+
+    status: str
+
+
 # ---- WebSocket: client to server --------------------------------------------------------
 
 
@@ -100,12 +115,22 @@ class StartCommand(_Command, tag="start"):
     conversation_id: Id | None = None
     on_disconnect: OnDisconnect = "continue"
     metadata: dict[str, Any] | None = None
+    multitask: Multitask | None = None
+    webhook_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    idempotency_key: IdempotencyKey | None = None
+    # With ``idempotency_key``: a retried start resumes its run's events after this seq.
+    after: Seq | None = None
 
 
 class SubscribeCommand(_Command, tag="subscribe"):
     conversation_id: Id | None = None
     run_id: Id | None = None
     after: Seq | None = None
+    # Only these event types (``done`` is always delivered); a re-subscribe names them again.
+    types: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]],
+                     msgspec.Meta(max_length=64)] | None = None
+    # Start with the stored events folded one per item (PROTOCOL-NOTES "Snapshot on join").
+    snapshot: bool = False
 
 
 class UnsubscribeCommand(_Command, tag="unsubscribe"):
@@ -154,6 +179,8 @@ class Ack(_Reply, tag="ack"):
     run_id: str | None = None
     conversation_id: str | None = None
     status: str | None = None
+    # A start that found an existing run (idempotent replay, or ``multitask: answer``).
+    replayed: bool = False
 
 
 class Pong(_Reply, tag="pong"):

@@ -1,4 +1,4 @@
-"""Benchmarks P1-P6 of agentstream, each beside baselines measured in the same run.
+"""Benchmarks P1-P7 of agentstream, each beside baselines measured in the same run.
 
 Why baselines: on a shared 2-core box an absolute figure says little; next to the least a
 minimal aiohttp server (or plain aiosqlite, or bare asyncio) needs for the same work, it says
@@ -6,6 +6,10 @@ what the product costs. Prints a markdown table (figures, ratios, targets); ``--
 
     python scripts/bench.py                 # everything, ~10 minutes
     python scripts/bench.py --quick --only P4,P5   # a smoke run in well under a minute
+    python scripts/bench.py --only P7 --server-flags "--store-batch 10000"   # tuned server
+
+P7 (many small runs, one SSE subscriber each) is measured beside ``floor_server.py``: the
+same essential work (encode once, group-commit to SQLite, one write per subscriber backlog).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -33,13 +38,17 @@ from loadlib import (
     Sub,
     Transport,
     baseline_server,
+    bucket_quantile,
     busy_cores,
     exit_on_sigterm,
+    floor_server,
     http_json,
     kernel_mem,
+    load_avg,
     machine,
     product_server,
     raise_nofile,
+    scrape_histogram,
     scrape_metrics,
     setup_conversation,
     start_run,
@@ -70,9 +79,14 @@ class Ctx:
     quick: bool
     procs: int
     log: Callable[[str], None]
+    # Extra ``python -m app`` flags for every product server (``--server-flags``).
+    flags: tuple[str, ...] = ()
 
     def size(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full
+
+    def product(self, *flags: str) -> ServerProc:
+        return product_server(self.workdir, *self.flags, *flags)
 
 
 def fmt(v: float | None, unit: str = "") -> str:
@@ -132,7 +146,7 @@ def fanout_once(ctx: Ctx, server: ServerProc, subs: list[Sub], transport: Transp
 def product_fanout(ctx: Ctx, transport: Transport, n: int, tokens: int,
                    *flags: str) -> tuple[Fanout, dict[str, float]]:
     """One demo run (no delay) fanned out to ``n`` subscribers of its conversation."""
-    with product_server(ctx.workdir, *flags) as server:
+    with ctx.product(*flags) as server:
         server.start()
         if transport == "ws" and not ws_available(server.url):
             raise SkipScenario(WS_SKIP)
@@ -213,21 +227,43 @@ def p1_ws(ctx: Ctx) -> list[Row]:
 # ---- P2: latency at a fixed offered rate ------------------------------------------------------
 
 
-def latency_run(ctx: Ctx, server: ServerProc, subs: list[Sub], trigger: Callable[[], object],
-                timeout: float) -> Fanout:
+@dataclass
+class Latency:
+    """A latency run: the bulk clients, one quiet canary beside them, and the server's own
+    publish -> fan-out-done quantiles (from its histogram), when it has one."""
+
+    bulk: Fanout
+    canary: PoolResult
+    server_ms: dict[str, float | None]
+
+
+def latency_run(ctx: Ctx, server: ServerProc, subs: list[Sub], canary: Sub,
+                trigger: Callable[[], object], timeout: float) -> Latency:
+    """``subs`` in ``ctx.procs`` bulk workers and ``canary`` alone in its own process: the
+    bulk clients use more CPU than the server on 2 cores, so their tail says as much about
+    the load generator as about the server; the canary's says what a quiet client sees."""
     job = ClientJob(HOST, server.port, "sse", subs, latency=True, timeout=timeout)
-    with ClientPool(job, ctx.procs) as pool:
-        opened = pool.wait_ready(timeout)
-        if opened < len(subs):
-            raise RuntimeError(f"only {opened}/{len(subs)} subscribers connected")
+    quiet = ClientJob(HOST, server.port, "sse", [canary], latency=True, timeout=timeout)
+    with ClientPool(job, ctx.procs) as pool, ClientPool(quiet, 1) as solo:
+        opened = pool.wait_ready(timeout) + solo.wait_ready(timeout)
+        if opened < len(subs) + 1:
+            raise RuntimeError(f"only {opened}/{len(subs) + 1} subscribers connected")
         time.sleep(0.5)
+        hist0 = scrape_histogram(server.url, FANOUT_HIST)
         cpu0, t0 = server.cpu(), time.monotonic()
         trigger()
         res = pool.wait_final(timeout + 30)
+        cres = solo.wait_final(timeout + 30)
         cpu1 = server.cpu()
-    if res.errors:
-        raise RuntimeError(f"{res.errors} client errors: {res.error_samples[:3]}")
-    return Fanout(res, (res.last_event or time.monotonic()) - t0, cpu1 - cpu0)
+        hist1 = scrape_histogram(server.url, FANOUT_HIST)
+    for r in (res, cres):
+        if r.errors:
+            raise RuntimeError(f"{r.errors} client errors: {r.error_samples[:3]}")
+    server_ms = {q: (v * 1000 if v is not None else None) for q, v in
+                 (("p50", bucket_quantile(hist0, hist1, 0.5)),
+                  ("p99", bucket_quantile(hist0, hist1, 0.99)))}
+    bulk = Fanout(res, (res.last_event or time.monotonic()) - t0, cpu1 - cpu0)
+    return Latency(bulk, cres, server_ms)
 
 
 def p2(ctx: Ctx) -> list[Row]:
@@ -235,37 +271,57 @@ def p2(ctx: Ctx) -> list[Row]:
     seconds = ctx.size(10, 2)
     tokens = rate * seconds
     label = f"P2 latency {n} SSE x {rate} ev/s"
-    ctx.log(f"{label}: agentstream ({tokens} tokens @ 5 ms)")
-    with product_server(ctx.workdir) as server:
+    ctx.log(f"{label}: agentstream ({tokens} tokens @ 5 ms; load {load_avg()})")
+    timeout = seconds * 20 + 60
+    with ctx.product() as server:
         server.start()
         cid = "c_latency"
         after = setup_conversation(server.url, cid)
-        subs = [Sub(f"/v1/conversations/{cid}/events", last_event_id=after) for _ in range(n)]
+        path = f"/v1/conversations/{cid}/events"
+        subs = [Sub(path, last_event_id=after) for _ in range(n)]
         demo = {"text": "latency", "tokens": tokens, "delay_ms": 1000 / rate,
                 "reasoning": False, "tool_call": False}
-        got = latency_run(ctx, server, subs, lambda: start_run(server.url, demo, cid),
-                          seconds * 20 + 60)
+        got = latency_run(ctx, server, subs, Sub(path, last_event_id=after),
+                          lambda: start_run(server.url, demo, cid), timeout)
     ctx.log(f"{label}: baseline (minimal aiohttp, coalesced writes, same rate)")
     with baseline_server(ctx.workdir) as base:
         base.start()
         subs = [Sub("/sse?write=coalesced") for _ in range(n)]
-        bres = latency_run(ctx, base, subs, lambda: http_json(
-            "POST", base.url + "/go", {"events": tokens + 3, "rate": rate}), seconds * 20 + 60)
-    res = got.res
-    lat, blat = summarize_hist(res.hist), summarize_hist(bres.res.hist)
+        bres = latency_run(ctx, base, subs, Sub("/sse?write=coalesced"), lambda: http_json(
+            "POST", base.url + "/go", {"events": tokens + 3, "rate": rate}), timeout)
+    return p2_rows(label, n, rate, got, bres)
+
+
+FANOUT_HIST = "agentstream_fanout_seconds"
+
+
+def p2_rows(label: str, n: int, rate: int, got: Latency, base: Latency) -> list[Row]:
+    res = got.bulk.res
+    lat, blat = summarize_hist(res.hist), summarize_hist(base.bulk.res.hist)
+    canary, bcanary = summarize_hist(got.canary.hist), summarize_hist(base.canary.hist)
     achieved = _achieved_rate(res, n)
-    base_rate = _achieved_rate(bres.res, n)
     rows = [Row(label, "events/s the run produced (offered rate)", achieved, "ev/s",
-                {"minimal aiohttp producer": base_rate}, f"{achieved / rate:.2f}x of {rate}/s",
+                {"minimal aiohttp producer": _achieved_rate(base.bulk.res, n)},
+                f"{achieved / rate:.2f}x of {rate}/s",
                 f">= {0.9 * rate:.0f}/s (90 % of {rate})", achieved >= 0.9 * rate,
                 "the demo agent paces chunks on a fixed schedule (delay_ms apart); "
-                f"{got.cpu_note()}")]
+                f"{got.bulk.cpu_note()}; load {load_avg()}")]
     for q in ("p50", "p95", "p99"):
         v, b = lat[q], blat[q]
-        rows.append(Row(label, f"publish->receive {q}", v, "ms", {"minimal aiohttp": b or 0.0},
-                        f"{v - b:+.0f} ms" if v is not None and b is not None else "",
-                        "< 50 ms" if q == "p99" else "",
-                        (v is not None and v < 50) if q == "p99" else None))
+        rows.append(Row(label, f"publish->receive {q} (bulk clients)", v, "ms",
+                        {"minimal aiohttp": b or 0.0},
+                        f"{v - b:+.0f} ms" if v is not None and b is not None else ""))
+    v, b = canary["p99"], bcanary["p99"]
+    rows.append(Row(label, "publish->receive p99 (quiet canary client)", v, "ms",
+                    {"minimal aiohttp": b or 0.0},
+                    f"{v - b:+.0f} ms" if v is not None and b is not None else "",
+                    "< 50 ms", v is not None and v < 50,
+                    f"one subscriber in its own process beside the {n} bulk ones; "
+                    f"canary p50 {canary['p50']} ms"))
+    for q in ("p50", "p99"):
+        rows.append(Row(label, f"server publish->fan-out done {q}", got.server_ms[q], "ms",
+                        note="from agentstream_fanout_seconds (bucket upper bound), once per "
+                        "hub flush" if q == "p99" else ""))
     return rows
 
 
@@ -311,7 +367,7 @@ def p3(ctx: Ctx) -> list[Row]:
     hb = 1.0
     label = f"P3 idle {n:,} SSE, heartbeat {hb:g} s"
     ctx.log(f"{label}: agentstream")
-    with product_server(ctx.workdir, "--heartbeat", str(hb)) as server:
+    with ctx.product("--heartbeat", str(hb)) as server:
         server.start()
         cid = "c_idle"
         after = setup_conversation(server.url, cid)
@@ -541,7 +597,7 @@ def p5(ctx: Ctx) -> list[Row]:
     reps = ctx.size(10, 3)
     label = f"P5 resume after {missed:,} missed events"
     ctx.log(f"{label}: agentstream (Last-Event-ID on the run's SSE URL)")
-    with product_server(ctx.workdir) as server:
+    with ctx.product() as server:
         server.start()
         run = start_run(server.url, {"text": "resume", "tokens": missed, "delay_ms": 0,
                                      "reasoning": False, "tool_call": False}, "c_resume")
@@ -587,7 +643,7 @@ def p6(ctx: Ctx) -> list[Row]:
     demo = {"text": "many", "tokens": tokens, "delay_ms": delay_ms, "reasoning": False,
             "tool_call": False}
     body = json.dumps({"agent": "demo", "input": demo}).encode()
-    with product_server(ctx.workdir) as server:
+    with ctx.product() as server:
         server.start()
         subs = [Sub("/v1/runs", method="POST", body=body) for _ in range(runs)]
         job = ClientJob(HOST, server.port, "sse", subs, timeout=ideal * 20 + 60)
@@ -611,10 +667,96 @@ def p6(ctx: Ctx) -> list[Row]:
                 f"{res.events:,} events")]
 
 
+# ---- P7: many small runs, each with its own subscriber -----------------------------------------
+
+
+@dataclass
+class ManyRuns:
+    """One measured many-runs load: events, rate, server CPU and latency."""
+
+    fan: Fanout
+    runs: int
+
+    @property
+    def rate(self) -> float:
+        res = self.fan.res
+        if res.first_event is None or res.last_event is None:
+            return 0.0
+        return res.events / max(1e-6, res.last_event - res.first_event)
+
+    @property
+    def us_per_event(self) -> float:
+        return 1e6 * self.fan.server_cpu / max(1, self.fan.res.events)
+
+    def lat(self, q: str) -> float:
+        return summarize_hist(self.fan.res.hist)[q] or 0.0
+
+
+def many_runs_once(ctx: Ctx, server: ServerProc, runs: int, tokens: int,
+                   delay_ms: float) -> ManyRuns:
+    """``runs`` clients each POST a demo run and read its SSE stream to its ``done``; the
+    server's CPU is read around the whole thing (connections, runs, streams)."""
+    demo = {"text": "many", "tokens": tokens, "delay_ms": delay_ms, "reasoning": False,
+            "tool_call": False}
+    body = json.dumps({"agent": "demo", "input": demo}).encode()
+    ideal = tokens * delay_ms / 1000
+    subs = [Sub("/v1/runs", method="POST", body=body) for _ in range(runs)]
+    job = ClientJob(HOST, server.port, "sse", subs, latency=True, timeout=ideal * 20 + 60)
+    cpu0, t0 = server.cpu(), time.monotonic()
+    with ClientPool(job, ctx.procs) as pool:
+        pool.wait_ready(120)
+        res = pool.wait_final(ideal * 20 + 90)
+    cpu1 = server.cpu()
+    if res.errors:
+        raise RuntimeError(f"{res.errors} client errors: {res.error_samples[:3]}")
+    if res.finished < runs:
+        raise RuntimeError(f"only {res.finished}/{runs} streams got their done")
+    expected = runs * (tokens + 3)  # run_started, the chunks, message, done
+    if res.events != expected:
+        raise RuntimeError(f"{res.events} events delivered, expected {expected}")
+    return ManyRuns(Fanout(res, (res.last_event or time.monotonic()) - t0, cpu1 - cpu0), runs)
+
+
+def p7(ctx: Ctx) -> list[Row]:
+    tokens, rate = ctx.size((200, 100), (50, 100))
+    delay_ms = 1000 / rate
+    rows: list[Row] = []
+    for m in ctx.size([100, 300, 1000], [20, 60]):
+        label = f"P7 {m} runs x {tokens} tokens @ {rate} ev/s, 1 SSE each"
+        ctx.log(f"{label}: agentstream (load {load_avg()})")
+        with ctx.product() as server:
+            server.start()
+            prod = many_runs_once(ctx, server, m, tokens, delay_ms)
+        ctx.log(f"{label}: floor (encode once, group-commit to SQLite, one write per backlog)")
+        with floor_server(ctx.workdir) as fserver:
+            fserver.start()
+            floor = many_runs_once(ctx, fserver, m, tokens, delay_ms)
+        load = load_avg()
+        offered = m * rate
+        note = (f"{prod.fan.res.events:,} events each; offered {offered:,} ev/s; "
+                f"{prod.fan.cpu_note()}; floor {floor.fan.cpu_note()}; load {load}")
+        r_rate = prod.rate / max(1e-9, floor.rate)
+        r_cpu = prod.us_per_event / max(1e-9, floor.us_per_event)
+        rows.append(Row(label, "delivered events/s", prod.rate, "ev/s",
+                        {"floor": floor.rate}, f"{r_rate:.2f}x floor", ">= 0.9x floor",
+                        r_rate >= 0.9, note))
+        rows.append(Row(label, "server CPU per event", prod.us_per_event, "us",
+                        {"floor": floor.us_per_event}, f"{r_cpu:.2f}x floor",
+                        "<= 1.5x floor", r_cpu <= 1.5))
+        for q in ("p50", "p99"):
+            v, b = prod.lat(q), floor.lat(q)
+            ratio = v / b if b else float("inf")
+            rows.append(Row(label, f"publish->receive {q}", v, "ms", {"floor": b},
+                            f"{ratio:.2f}x floor" if b else f"{v - b:+.0f} ms",
+                            "<= 2x floor" if q == "p99" else "",
+                            (v <= 2 * max(b, 1.0)) if q == "p99" else None))
+    return rows
+
+
 SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
-    "P1": p1, "P1-ws": p1_ws, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6,
+    "P1": p1, "P1-ws": p1_ws, "P2": p2, "P3": p3, "P4": p4, "P5": p5, "P6": p6, "P7": p7,
 }
-RUN_ORDER = ["P4", "P5", "P1", "P1-ws", "P2", "P6", "P3"]
+RUN_ORDER = ["P4", "P5", "P1", "P1-ws", "P2", "P6", "P7", "P3"]
 
 
 def table(rows: list[Row]) -> str:
@@ -643,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run")
     p.add_argument("--client-procs", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument("--server-flags", default="",
+                   help='extra flags for every agentstream server, e.g. "--store-batch 10000"')
     args = p.parse_args(argv)
     names = list(SCENARIOS)
     if args.only:
@@ -661,7 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
-        ctx = Ctx(Path(tmp), args.quick, args.client_procs, log)
+        ctx = Ctx(Path(tmp), args.quick, args.client_procs, log,
+                  tuple(shlex.split(args.server_flags)))
         by_name: dict[str, list[Row]] = {}
         # The in-process store bench first, on a quiet disk; 10,000 sockets last.
         for name in sorted(names, key=RUN_ORDER.index):

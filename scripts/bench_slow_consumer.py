@@ -99,8 +99,10 @@ async def one_pass(port: int, base: str, readers: int, tokens: int, stalled: boo
     post(base, f"/v1/runs/{first['run_id']}/cancel", {})
     peak = rss_kb(pid)
     started = time.perf_counter()
-    post(base, "/v1/runs", {"agent": "demo", "conversation_id": conv, "input": {
-        "tokens": tokens, "delay_ms": 0, "reasoning": False, "tool_call": False}})
+    # The cancelled run may still be ending: ``parallel`` (the default policy would refuse).
+    post(base, "/v1/runs", {"agent": "demo", "conversation_id": conv, "multitask": "parallel",
+                            "input": {"tokens": tokens, "delay_ms": 0, "reasoning": False,
+                                      "tool_call": False}})
     tasks = [asyncio.create_task(read_until_done(r)) for r, _ in fast]
     while not all(t.done() for t in tasks):
         peak = max(peak, rss_kb(pid))

@@ -25,7 +25,8 @@ class SseFrame:
 
 
 async def iter_frames(resp: aiohttp.ClientResponse) -> AsyncIterator[SseFrame]:
-    """Yield dispatched frames (and comment-only/retry-only blocks) as they arrive."""
+    """Yield dispatched frames, comment lines between frames (as comment-only frames) and a
+    trailing retry-only block, as they arrive."""
     frame = SseFrame()
     data_lines: list[str] = []
     touched = False
@@ -47,10 +48,14 @@ async def iter_frames(resp: aiohttp.ClientResponse) -> AsyncIterator[SseFrame]:
                     yield frame
                 frame, data_lines, touched = SseFrame(), [], False
                 continue
-            touched = True
             if line.startswith(":"):
-                frame.comments.append(line[1:].strip())
+                if not touched:
+                    # a heartbeat between frames (sent with no blank line of its own)
+                    yield SseFrame(comments=[line[1:].strip()])
+                else:
+                    frame.comments.append(line[1:].strip())
                 continue
+            touched = True
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             if name == "id":
@@ -61,6 +66,10 @@ async def iter_frames(resp: aiohttp.ClientResponse) -> AsyncIterator[SseFrame]:
                 data_lines.append(value)
             elif name == "retry" and value.isdigit():
                 frame.retry = int(value)
+    if touched and not data_lines and frame.retry is not None:
+        # A goodbye ``retry:`` ends the stream without a blank line; EventSource applies a
+        # retry field when it parses the line, so report it.
+        yield frame
 
 
 async def read_events(

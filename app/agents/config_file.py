@@ -35,7 +35,8 @@ from app.agents.base import Agent
 from app.agents.demo import DemoAgent
 from app.agents.openai_relay import OpenAIOptions, OpenAIRelayAgent
 from app.agents.registry import AgentRegistry
-from app.agents.remote import RemoteAgent, RemoteOptions
+from app.agents.remote import RemoteAgent
+from app.agents.remote_http import RemoteOptions
 from protocol.messages import AgentName
 
 

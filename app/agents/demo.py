@@ -54,7 +54,8 @@ class DemoAgent(Agent):
         name="demo",
         description="Offline demo: reasoning, a tool call, N message chunks, optional question.",
         can_request_input=True,
-        input_schema=msgspec.json.schema(DemoInput),
+        # a string is short for {"text": ...}; null for all defaults
+        input_schema=msgspec.json.schema(str | DemoInput | None),
     )
 
     def parse_input(self, raw: Any) -> DemoInput:
@@ -62,12 +63,18 @@ class DemoAgent(Agent):
             raw = {"text": raw}
         elif raw is None:
             raw = {}
+        elif isinstance(raw, dict):
+            # JSON Schema calls 20.0 an integer; msgspec's int does not: take the number.
+            raw = {k: int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 2**53
+                   else v for k, v in raw.items()}
         try:
             return msgspec.convert(raw, DemoInput)
         except msgspec.ValidationError as exc:
             raise AgentInputError(str(exc)) from None
 
     async def run(self, ctx: RunContext, input: DemoInput) -> None:
+        """The demo's whole script, top to bottom (long on purpose: it reads as the sequence
+        of events a client will see, which is what a newcomer opens this file for)."""
         delay = input.delay_ms / 1000.0
         if input.reasoning:
             rid = new_item_id("rs")

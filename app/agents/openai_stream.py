@@ -2,8 +2,9 @@
 
 Kept apart from the HTTP side so the mapping is one small state machine: reasoning deltas
 open a reasoning block that the first content or tool call closes; content deltas are
-message chunks completed by one ``message``; tool-call argument fragments are joined per
-``index`` and each call is completed at the end with its arguments parsed as JSON.
+message chunks completed by one ``message``; tool-call argument fragments stream as
+``tool_call_arguments`` deltas once the call started, are joined per ``index``, and each
+call is completed at the end with its arguments parsed as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from protocol.events import (
     ReasoningCompletedData,
     ReasoningData,
     ReasoningStartedData,
+    ToolCallArgumentsData,
     ToolCallCompletedData,
     ToolCallStartedData,
 )
@@ -113,6 +115,7 @@ class _ToolCall:
     name: str | None = None
     parts: list[str] = field(default_factory=list)
     started: bool = False
+    sent: int = 0  # parts already emitted as ``tool_call_arguments``
 
 
 class StreamMapper:
@@ -161,9 +164,11 @@ class StreamMapper:
             call = self._tools[index]
             name = call.name or "unknown"
             if not call.started:
+                call.started = True
                 await self.ctx.emit(
                     "tool_call_started", ToolCallStartedData(name=name), item_id=call.item_id
                 )
+            await self._send_arguments(call)
             await self.ctx.emit(
                 "tool_call_completed",
                 ToolCallCompletedData(name=name, arguments=_parse_arguments("".join(call.parts))),
@@ -215,6 +220,18 @@ class StreamMapper:
                 await self.ctx.emit(
                     "tool_call_started", ToolCallStartedData(name=call.name), item_id=call.item_id
                 )
+            if call.started:
+                await self._send_arguments(call)
+
+    async def _send_arguments(self, call: _ToolCall) -> None:
+        """Argument fragments not yet sent, as one ``tool_call_arguments`` (fragments that
+        came before the name, i.e. before ``tool_call_started``, go out together)."""
+        if call.sent == len(call.parts):
+            return
+        delta = "".join(call.parts[call.sent:])
+        call.sent = len(call.parts)
+        await self.ctx.emit("tool_call_arguments", ToolCallArgumentsData(delta=delta),
+                            item_id=call.item_id)
 
 
 def _parse_arguments(raw: str) -> Any:

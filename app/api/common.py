@@ -9,10 +9,17 @@ import msgspec
 from aiohttp import web
 
 from app.errors import BadRequest, InvalidInput, TooLarge, UnsupportedMediaType
-from protocol.messages import ID_PATTERN, ErrorBody, ErrorDetail, decode_json
+from protocol.messages import (
+    ID_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    ErrorBody,
+    ErrorDetail,
+    decode_json,
+)
 
 T = TypeVar("T")
 _ID = re.compile(ID_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _encoder = msgspec.json.Encoder()
 # The only request body type: a browser cannot send it cross-site without a CORS preflight,
 # so a form or text/plain post from another site never reaches a handler as JSON (CSRF).
@@ -97,15 +104,17 @@ def parse_position(raw: str) -> int | None:
 
 
 def parse_last_event_id(request: web.Request) -> int:
-    """``Last-Event-ID`` header, else ``?last_event_id=`` (a browser's first connect)."""
-    raw = request.headers.get("Last-Event-ID")
-    source = "Last-Event-ID"
-    if raw is None:
-        raw = request.query.get("last_event_id")
-        source = "last_event_id"
-    if raw is None or raw.strip() == "":
+    """``Last-Event-ID`` header, else ``?last_event_id=`` (a browser's first connect). Both
+    are checked when both are sent (a bad one is never silently ignored); empty is no
+    position."""
+    header = request.headers.get("Last-Event-ID", "").strip()
+    query = _position("last_event_id", request.query.get("last_event_id", "").strip())
+    return _position("Last-Event-ID", header) if header else query
+
+
+def _position(source: str, raw: str) -> int:
+    if not raw:
         return 0
-    raw = raw.strip()
     position = parse_position(raw)
     if position is None:
         raise BadRequest("invalid_last_event_id",
@@ -116,3 +125,30 @@ def parse_last_event_id(request: web.Request) -> int:
 
 def wants_sse(request: web.Request) -> bool:
     return "text/event-stream" in request.headers.get("Accept", "")
+
+
+def wants_json(request: web.Request) -> bool:
+    """An explicit ``Accept: application/json`` without ``text/event-stream``."""
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header: 1-255 printable ASCII characters, else 422."""
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(raw):
+        raise InvalidInput("invalid_idempotency_key",
+                           "Idempotency-Key must be 1-255 printable ASCII characters")
+    return raw
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: ``1``/``true`` or ``0``/``false`` (absent: false)."""
+    raw = request.query.get(name)
+    if raw is None or raw in ("0", "false", ""):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise InvalidInput(f"invalid_{name}", f"{name} must be 1, true, 0 or false")

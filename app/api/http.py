@@ -11,19 +11,33 @@ import structlog
 from aiohttp import web
 
 from app.api.common import (
+    idempotency_key,
     json_response,
     parse_last_event_id,
     path_id,
+    query_flag,
     read_json,
+    wants_json,
     wants_sse,
 )
+from app.api.history import MAX_EVENT_PAGE, events_page, query_after, query_limit, run_detail
+from app.api.snapshots import maybe_snapshot
+from app.api.targets import StreamTarget, parse_types, resolve, start_target
+from app.api.webhooks import check_webhook
 from app.auth.access import conversation_for, principal_of, require_write, run_for
 from app.auth.authenticator import Principal
 from app.engine.engine import Engine
-from app.errors import BadRequest, shutting_down
+from app.errors import shutting_down
+from app.ids import public
 from app.sinks.sse import SSE_CONTENT_TYPE, SseResponse, SseSink, open_sse, serve_sink
 from app.state import STATE, State, connection_id
-from protocol.messages import AgentList, InputRequest, StartRunRequest, StartRunResponse
+from protocol.messages import (
+    AgentList,
+    HealthStatus,
+    InputRequest,
+    StartRunRequest,
+    StartRunResponse,
+)
 
 log = structlog.get_logger(__name__)
 routes = web.RouteTableDef()
@@ -43,72 +57,88 @@ def _events_url(run_id: str) -> str:
     return f"/v1/runs/{run_id}/events"
 
 
-def owner_of(st: State, principal: Principal) -> str | None:
-    """The owner recorded on new conversations (None when auth is off)."""
-    return principal.user if st.auth.enabled else None
-
-
 @routes.post("/v1/runs")
 async def start_run(request: web.Request) -> web.StreamResponse:
     st = _state(request)
     principal = principal_of(request)
     require_write(principal)
     body = await read_json(request, StartRunRequest, st.settings.max_body)
+    check_webhook(st.settings, body.webhook_url)
     sse = wants_sse(request)
     # Every refusal (shutdown, stream slots, rate) comes before the run starts: a client
     # told 429/503 must be able to trust that nothing is running.
+    key = idempotency_key(request)
+    position = parse_last_event_id(request)  # checked even when unused: never ignored
     with _stream_slot(st, principal) if sse else contextlib.nullcontext():
         st.run_limiter.check(principal.user)
-        run = await st.engine.start_run(body, owner=owner_of(st, principal),
-                                        admin=principal.admin)
-        record = run.record
+        started = await st.engine.start(body, owner=principal.owner,
+                                        admin=principal.admin, idempotency_key=key)
+        record = started.record
         structlog.contextvars.bind_contextvars(
             run_id=record.run_id, conversation_id=record.conversation_id
         )
         if not sse:
             return json_response(
-                StartRunResponse(record.run_id, record.conversation_id, record.status,
-                                 _events_url(record.run_id)),
+                StartRunResponse(record.run_id, public(record.conversation_id), record.status,
+                                 _events_url(record.run_id), started.replayed),
                 status=202,
             )
-        return await _stream(
-            request, st, record.conversation_id, record.first_seq - 1, record.run_id,
-            cancel_on_disconnect=record.on_disconnect == "cancel",
-        )
+        if started.replayed:
+            # A retried POST (or an answer): resume where the client's stream stopped.
+            target = await resolve(
+                st.engine, principal, shutting=st.shutting_down, run_id=record.run_id,
+                after=max(position, started.after),
+                types=parse_types(request.query.get("types")))
+            if target.finished:
+                return web.Response(status=204)
+        else:
+            target = start_target(record.conversation_id, record.run_id, record.first_seq,
+                                  types=parse_types(request.query.get("types")))
+        return await _stream(request, st, target,
+                             cancel_on_disconnect=record.on_disconnect == "cancel")
 
 
 @routes.get("/v1/runs/{run_id}")
 async def get_run(request: web.Request) -> web.Response:
+    """The run's committed row and its output, assembled from its events (``?output=0``:
+    the row alone, for pollers of long runs)."""
     st = _state(request)
-    record = await run_for(st.engine, principal_of(request), path_id(request, "run_id"))
-    return json_response(Engine.run_info(record))
+    with_output = request.query.get("output", "1") not in ("0", "false")
+    return json_response(await run_detail(st.engine, principal_of(request),
+                                          path_id(request, "run_id"), with_output))
 
 
 @routes.get("/v1/runs/{run_id}/events")
 async def run_events(request: web.Request) -> web.StreamResponse:
-    st = _state(request)
-    principal = principal_of(request)
-    record = await run_for(st.engine, principal, path_id(request, "run_id"))
-    after = parse_last_event_id(request)
-    if record.done_seq is not None and after >= record.done_seq:
-        # The browser saw ``done``: 204 makes EventSource stop reconnecting.
-        return web.Response(status=204)
-    await _check_not_ahead(st, record.conversation_id, after)
-    start = max(after, record.first_seq - 1)
-    with _stream_slot(st, principal):
-        return await _stream(request, st, record.conversation_id, start, record.run_id)
+    return await _serve_target(request, run_id=path_id(request, "run_id"))
 
 
 @routes.get("/v1/conversations/{conversation_id}/events")
 async def conversation_events(request: web.Request) -> web.StreamResponse:
+    """SSE (what EventSource asks for, and the default); a JSON page when the client asks
+    for ``application/json`` and not for ``text/event-stream``."""
+    cid = path_id(request, "conversation_id")
+    query_limit(request, 1, MAX_EVENT_PAGE)  # the page parameters are checked either way
+    query_after(request)
+    if wants_json(request):
+        return await events_page(_state(request), request, cid)
+    return await _serve_target(request, conversation_id=cid)
+
+
+async def _serve_target(request: web.Request, *, run_id: str | None = None,
+                        conversation_id: str | None = None) -> web.StreamResponse:
+    """Both SSE GETs: resolve the target (targets.py, shared with WebSocket), then stream."""
     st = _state(request)
     principal = principal_of(request)
-    cid = path_id(request, "conversation_id")
-    await conversation_for(st.engine, principal, cid)
-    after = parse_last_event_id(request)
-    await _check_not_ahead(st, cid, after)
+    target = await resolve(
+        st.engine, principal, shutting=st.shutting_down, run_id=run_id,
+        conversation_id=conversation_id, after=parse_last_event_id(request),
+        types=parse_types(request.query.get("types")), snapshot=query_flag(request, "snapshot"))
+    if target.finished:
+        # The browser saw ``done``: 204 makes EventSource stop reconnecting.
+        return web.Response(status=204)
     with _stream_slot(st, principal):
-        return await _stream(request, st, cid, after, None)
+        return await _stream(request, st, target)
 
 
 @routes.post("/v1/conversations/{conversation_id}/stream-token")
@@ -118,17 +148,9 @@ async def stream_token(request: web.Request) -> web.Response:
     principal = principal_of(request)
     require_write(principal)
     cid = path_id(request, "conversation_id")
-    await conversation_for(st.engine, principal, cid)
-    token, expires = st.auth.issue_stream_token(principal, cid)
+    conv = await conversation_for(st.engine, principal, cid)
+    token, expires = st.auth.issue_stream_token(principal, conv.record.conversation_id)
     return json_response(StreamToken(token, expires, cid), status=201)
-
-
-async def _check_not_ahead(st: State, conversation_id: str, after: int) -> None:
-    conv = await st.engine.conversation(conversation_id)
-    last = conv.seq if conv is not None else 0
-    if after > last:
-        raise BadRequest("invalid_last_event_id",
-                       f"last event id {after} is ahead of the conversation (last seq {last})")
 
 
 @contextlib.contextmanager
@@ -155,20 +177,34 @@ def _head_response() -> web.Response:
 async def _stream(
     request: web.Request,
     st: State,
-    conversation_id: str,
-    after: int,
-    run_id: str | None,
+    target: StreamTarget,
     cancel_on_disconnect: bool = False,
 ) -> web.StreamResponse:
     """Serve one SSE stream until it ends; the caller holds a ``_stream_slot``."""
     if request.method == "HEAD":
         return _head_response()
     cid = connection_id()
-    structlog.contextvars.bind_contextvars(connection_id=cid, conversation_id=conversation_id)
+    run_id = target.run_id
+    structlog.contextvars.bind_contextvars(connection_id=cid,
+                                           conversation_id=target.conversation_id)
+    snap = await maybe_snapshot(st.engine, target)
     response = await open_sse(request, st.settings.policy)
+    if snap.events:
+        await response.write(b"".join([e.sse for e in snap.events]))
+    if snap.ended:
+        return response  # the run's done was in the snapshot: the stream is complete
     sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
-    sink.subscribe(conversation_id, after=after, run_id=run_id,
-                   ends_on_done=run_id is not None)
+    sink.subscribe(target.conversation_id, after=snap.after, run_id=run_id,
+                   ends_on_done=run_id is not None, types=target.types)
+    await serve_registered(st, sink, run_id if cancel_on_disconnect else None, "sse_closed")
+    return response
+
+
+async def serve_registered(st: State, sink: SseSink, cancel_run: str | None,
+                           closed_event: str) -> None:
+    """Serve an SSE sink while it is registered for shutdown (``st.sinks``); if the peer
+    went away (disconnected, or stalled past write_timeout) cancel ``cancel_run`` (the
+    run's ``on_disconnect: cancel``). Shared by the native and the compat streams."""
     st.sinks.add(sink)
     try:
         await serve_sink(sink)
@@ -178,13 +214,9 @@ async def _stream(
         raise
     finally:
         st.sinks.discard(sink)
-        # The peer went away (disconnected, or stalled past write_timeout): not a normal end.
-        # ``peer_lost`` where the sink has it, else the reason it was closed with.
-        peer_lost = getattr(sink, "peer_lost", sink.close_reason == "disconnected")
-        if cancel_on_disconnect and peer_lost and run_id:
-            st.engine.request_cancel(run_id, reason="client_disconnected")
-        log.info("sse_closed", reason=sink.close_reason, delivered=sink.delivered)
-    return response
+        if cancel_run is not None and sink.peer_lost:
+            st.engine.request_cancel(cancel_run, reason="client_disconnected")
+        log.info(closed_event, reason=sink.close_reason, delivered=sink.delivered)
 
 
 @routes.post("/v1/runs/{run_id}/input")
@@ -214,14 +246,16 @@ async def list_agents(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(HealthStatus("ok"))
 
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     st = _state(request)
     if st.shutting_down:
-        return json_response({"status": "shutting_down"}, status=503)
+        return json_response(HealthStatus("shutting_down"), status=503)
     if not await st.store.ping():
-        return json_response({"status": "store_unavailable"}, status=503)
-    return json_response({"status": "ready"})
+        return json_response(HealthStatus("store_unavailable"), status=503)
+    if not st.engine.bus.healthy:
+        return json_response(HealthStatus("bus_unavailable"), status=503)
+    return json_response(HealthStatus("ready"))

@@ -7,6 +7,7 @@ from aiohttp import web
 from app.api.common import json_response, path_id, read_json
 from app.auth.access import conversation_for, principal_of, require_write
 from app.errors import shutting_down
+from app.ids import scoped
 from app.schedules.scheduler import SCHEDULER
 from app.state import STATE
 from protocol.schedules import CreateScheduleRequest, ScheduleList
@@ -22,10 +23,11 @@ async def create_schedule(request: web.Request) -> web.Response:
     body = await read_json(request, CreateScheduleRequest, st.settings.max_body)
     if st.shutting_down:
         raise shutting_down()
-    if body.conversation_id is not None and await st.engine.conversation(body.conversation_id):
+    if body.conversation_id is not None and await st.engine.conversation(
+            scoped(principal.owner, body.conversation_id)):
         await conversation_for(st.engine, principal, body.conversation_id, write=True)
-    owner = principal.user if st.auth.enabled else None
-    schedule = await request.app[SCHEDULER].create(body, owner=owner, admin=principal.admin)
+    schedule = await request.app[SCHEDULER].create(body, owner=principal.owner,
+                                                    admin=principal.admin)
     return json_response(schedule, status=201)
 
 

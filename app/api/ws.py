@@ -24,7 +24,10 @@ from aiohttp import WSMsgType, web
 from app import metrics
 from app.api.common import error_response
 from app.api.errors import ws_error
-from app.auth.access import conversation_for, principal_of, require_write, run_for
+from app.api.snapshots import maybe_snapshot
+from app.api.targets import parse_types, resolve, start_target
+from app.api.webhooks import check_webhook
+from app.auth.access import principal_of, require_write, run_for
 from app.auth.authenticator import Principal
 from app.errors import (
     AgentstreamError,
@@ -36,6 +39,7 @@ from app.errors import (
     Unauthenticated,
     shutting_down,
 )
+from app.ids import public, scoped
 from app.sinks.base import SinkClosed
 from app.sinks.cursor import Cursor
 from app.sinks.ws import WsSink, close_code
@@ -238,7 +242,7 @@ class Connection:
         elif isinstance(cmd, UnsubscribeCommand):
             key = self._key(cmd.conversation_id, cmd.run_id)
             if not self.sink.unsubscribe(key):
-                raise NotFound("not_subscribed", f"no subscription to {key[1]!r}")
+                raise NotFound("not_subscribed", f"no subscription to {public(key[1])!r}")
             self.reply(Ack(ref=cmd.ref, run_id=cmd.run_id, conversation_id=cmd.conversation_id))
         elif isinstance(cmd, InputCommand):
             await run_for(engine, self.principal, cmd.run_id, write=True)
@@ -283,14 +287,14 @@ class Connection:
             raise LimitExceeded("too_many_subscriptions",
                                 f"at most {limit} subscriptions per socket")
 
-    @staticmethod
-    def _key(conversation_id: str | None, run_id: str | None) -> tuple[str, str]:
+    def _key(self, conversation_id: str | None, run_id: str | None) -> tuple[str, str]:
+        """The sink's subscription key; a conversation is named in the caller's namespace."""
         if (conversation_id is None) == (run_id is None):
             raise InvalidInput("invalid_command", "give exactly one of conversation_id, run_id")
         if run_id is not None:
             return ("run", run_id)
         assert conversation_id is not None
-        return ("conversation", conversation_id)
+        return ("conversation", scoped(self.principal.owner, conversation_id))
 
     def _is_active(self, run_id: str) -> bool:
         return run_id in self.state.engine.active
@@ -299,50 +303,61 @@ class Connection:
         if cmd.ref is not None and cmd.ref in self.runs.by_ref:
             raise Conflict("duplicate_ref", f"ref {cmd.ref!r} already started a run")
         require_write(self.principal)
+        check_webhook(self.state.settings, cmd.webhook_url)
         self.check_room()
         self.state.run_limiter.check(self.principal.user)
-        run = await self.state.engine.start_run(
+        started = await self.state.engine.start(
             StartRunRequest(agent=cmd.agent, input=cmd.input,
                             conversation_id=cmd.conversation_id,
-                            on_disconnect=cmd.on_disconnect, metadata=cmd.metadata),
-            owner=self.principal.user if self.state.auth.enabled else None,
-            admin=self.principal.admin,
+                            on_disconnect=cmd.on_disconnect, metadata=cmd.metadata,
+                            multitask=cmd.multitask, webhook_url=cmd.webhook_url),
+            owner=self.principal.owner,
+            admin=self.principal.admin, idempotency_key=cmd.idempotency_key,
         )
-        rec = run.record
+        rec = started.record
         # Registered before anything else can fail: a socket that died meanwhile still
         # cancels an ``on_disconnect: cancel`` run in its cleanup.
         self.runs.add(cmd.ref, rec.run_id, rec.on_disconnect == "cancel", self._is_active)
-        self.reply(Ack(ref=cmd.ref, run_id=rec.run_id, conversation_id=rec.conversation_id,
-                       status=rec.status))
-        self.sink.subscribe(rec.conversation_id, after=rec.first_seq - 1, run_id=rec.run_id,
-                            ends_on_done=True)
+        target = start_target(rec.conversation_id, rec.run_id, rec.first_seq)
+        if started.replayed:
+            target = await resolve(
+                self.state.engine, self.principal, shutting=self.state.shutting_down,
+                run_id=rec.run_id, after=max(cmd.after or 0, started.after))
+        self.reply(Ack(ref=cmd.ref, run_id=rec.run_id,
+                       conversation_id=public(rec.conversation_id),
+                       status=rec.status, replayed=started.replayed))
+        if not target.finished:
+            self.sink.subscribe(rec.conversation_id, after=target.after, run_id=rec.run_id,
+                                ends_on_done=True)
 
     async def subscribe(self, cmd: SubscribeCommand) -> None:
-        engine = self.state.engine
         key = self._key(cmd.conversation_id, cmd.run_id)
         if key not in self.sink.subs:
             self.check_room()
-        after = cmd.after or 0
-        if cmd.run_id is not None:
-            record = await run_for(engine, self.principal, cmd.run_id)
-            conversation_id = record.conversation_id
-            start = max(after, record.first_seq - 1)
-            run_id: str | None = record.run_id
-        else:
-            assert cmd.conversation_id is not None
-            await conversation_for(engine, self.principal, cmd.conversation_id)
-            conversation_id, start, run_id = cmd.conversation_id, after, None
-        conv = await engine.conversation(conversation_id)
-        last = conv.seq if conv is not None else 0
-        if after > last:
-            raise BadRequest("invalid_after",
-                             f"after={after} is ahead of the conversation (last seq {last})")
+        target = await resolve(
+            self.state.engine, self.principal, shutting=self.state.shutting_down,
+            conversation_id=cmd.conversation_id, run_id=cmd.run_id, after=cmd.after or 0,
+            types=parse_types(cmd.types), snapshot=cmd.snapshot)
+        snap = await maybe_snapshot(self.state.engine, target)
         if self.sink.closed:
             raise SinkClosed(self.sink.close_reason or "closed")
-        self.reply(Ack(ref=cmd.ref, run_id=run_id, conversation_id=conversation_id))
-        self.sink.subscribe(conversation_id, after=start, run_id=run_id,
-                            ends_on_done=run_id is not None)
-        log.debug("ws_subscribed", key=key, after=start)
+        self.reply(Ack(ref=cmd.ref, run_id=target.run_id,
+                       conversation_id=public(target.conversation_id)))
+        if snap.events:
+            self.write_events(b"".join([e.ws for e in snap.events]))
+        if target.finished or snap.ended:
+            return  # the client has (or just got) this run's ``done`` (SSE: 204)
+        self.sink.subscribe(target.conversation_id, after=snap.after, run_id=target.run_id,
+                            ends_on_done=target.run_id is not None, types=target.types)
+        log.debug("ws_subscribed", key=key, after=snap.after)
+
+    def write_events(self, frames: bytes) -> None:
+        """Snapshot frames, in order after the ack; bounded like replies (the reader waits
+        for room before the next command)."""
+        try:
+            self.sink.wire.write_nowait(frames)
+        except (ConnectionError, RuntimeError) as exc:
+            self.sink.transport_lost(exc)
 
     async def cancel(self, cmd: CancelCommand) -> None:
         run_id = cmd.run_id

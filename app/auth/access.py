@@ -14,6 +14,7 @@ from aiohttp import web
 
 from app.auth.authenticator import Principal
 from app.errors import Forbidden, not_found
+from app.ids import scoped
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 
@@ -42,7 +43,7 @@ class Lookups(Protocol[C, R]):
 
     async def require_conversation(self, conversation_id: str) -> C: ...
 
-    async def get_run(self, run_id: str) -> R: ...
+    async def get_run(self, run_id: str, namespace: str | None = None) -> R: ...
 
 
 def check_access(principal: Principal, kind: str, ident: str, conversation_id: str,
@@ -62,16 +63,19 @@ async def conversation_for(
     lookups: Lookups[C, OwnedRun], principal: Principal, conversation_id: str,
     write: bool = False,
 ) -> C:
-    conv = await lookups.require_conversation(conversation_id)
-    check_access(principal, "conversation", conversation_id, conversation_id,
-                 conv.record.owner, write)
+    """The caller's conversation ``conversation_id`` (a public id: it is looked up in the
+    caller's own namespace, app/ids.py); use ``.record.conversation_id`` (the store key)
+    from here on."""
+    key = scoped(principal.owner, conversation_id)
+    conv = await lookups.require_conversation(key)
+    check_access(principal, "conversation", conversation_id, key, conv.record.owner, write)
     return conv
 
 
 async def run_for(
     lookups: Lookups[HasRecord, R], principal: Principal, run_id: str, write: bool = False
 ) -> R:
-    record = await lookups.get_run(run_id)
+    record = await lookups.get_run(run_id, namespace=principal.owner)
     check_access(principal, "run", run_id, record.conversation_id, record.owner, write)
     return record
 

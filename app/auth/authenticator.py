@@ -37,6 +37,14 @@ class Principal:
     conversation_scope: str | None = None
     # Unix seconds after which the credential is no longer valid (None: never).
     expires_at: float | None = None
+    # False only for the one principal of a deployment without authentication: it owns
+    # nothing, and its ids are unscoped (app/ids.py).
+    scoped: bool = True
+
+    @property
+    def owner(self) -> str | None:
+        """The owner recorded on what this caller creates, and its id namespace."""
+        return self.user if self.scoped else None
 
     def can_access(self, owner: str | None) -> bool:
         return self.admin or owner is None or owner == self.user
@@ -127,7 +135,7 @@ class Authenticator:
         """The caller and where its credential came from (the cookie is ambient: a browser
         sends it on other sites' requests too, so the caller checks their origin)."""
         if not self.enabled:
-            return Principal(ANONYMOUS, admin=True), "none"
+            return Principal(ANONYMOUS, admin=True, scoped=False), "none"
         header = request.headers.get("Authorization", "")
         if header:
             scheme, _, value = header.partition(" ")

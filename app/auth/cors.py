@@ -18,9 +18,12 @@ def setup_cors(app: web.Application, origins: list[str], credentials: bool) -> N
     check_cors(origins, credentials)
     options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
         allow_credentials=credentials,
-        expose_headers=("Content-Type", "Retry-After"),
+        # the run and conversation of a compat response (resume natively), the AI SDK's
+        # stream marker, and the idempotent-start replay marker
+        expose_headers=("Content-Type", "Retry-After", "X-Agentstream-Run-Id",
+                        "X-Agentstream-Conversation-Id", "x-vercel-ai-ui-message-stream"),
         allow_headers=("Authorization", "Content-Type", "Last-Event-ID", "Accept",
-                       "X-Request-ID"),
+                       "X-Request-ID", "Idempotency-Key"),
         allow_methods=("GET", "POST", "DELETE"),
         max_age=600,
     )

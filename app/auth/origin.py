@@ -10,6 +10,13 @@ on the CORS allow-list (``--cors-origins``; ``*`` never counts here). Browsers s
 it); a cookie request with neither is refused. Requests with ``Authorization: Bearer`` or a
 ``?access_token=`` stream token carry no ambient credential and are not checked: a page
 cannot make a browser add either by itself.
+
+Without authentication (``--auth none``) there is no credential to steal, but a page on
+another site could still act through the user's browser on a service it can reach (a
+``no-cors`` POST to ``…/cancel`` needs no preflight; a ``new WebSocket`` needs no CORS at
+all). So there, a browser request (one that carries ``Origin``) that changes state or opens
+a WebSocket must come from an allowed origin too; clients that send no ``Origin`` (curl,
+SDKs, servers) are not browsers and pass.
 """
 
 from __future__ import annotations
@@ -92,3 +99,16 @@ def check_cookie_origin(request: web.Request, allowed: frozenset[str]) -> None:
         return
     raise Forbidden("origin_not_allowed",
                     f"requests from origin {origin[:100]!r} may not use the session cookie")
+
+
+def check_browser_origin(request: web.Request, allowed: frozenset[str]) -> None:
+    """Without authentication: refuse a state-changing or upgrading request whose ``Origin``
+    names another site (403 ``origin_not_allowed``); no ``Origin``, no browser, no check."""
+    if "Origin" not in request.headers or not needs_origin_check(request):
+        return
+    origin = request_origin(request)
+    if origin is not None and (origin in allowed or is_same_origin(request, origin)):
+        return
+    raise Forbidden("origin_not_allowed",
+                    f"requests from origin {(origin or 'null')[:100]!r} may not act here; "
+                    "add it to --cors-origins")

@@ -8,6 +8,11 @@ writes not yet committed, a load in flight, a protected schedule) is never offer
 deletion; a subscriber does not keep an idle conversation (it just sees no more events).
 That closes the race in which a run started in an idle conversation while the sweep deleted
 it, and the next start loaded a second counter (duplicate seq).
+
+In a cluster only the owning node numbers (``peers``). Another node keeps a *follower*
+entry: its seq is re-read from the store on every lookup, and it seeds the hub's published
+mark only while nobody here subscribes (with a subscriber, the bus relay alone moves the
+mark, so no live subscriber can be skipped past events it has not been given).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from app.engine.peers import LocalPeers, Peers
 from app.engine.state import Conversation
 from app.fanout.hub import Hub
 from app.store.base import EventStore
@@ -25,10 +31,12 @@ from app.store.base import EventStore
 
 class Conversations:
     def __init__(
-        self, store: EventStore, hub: Hub, *, max_in_memory: int, idle_seconds: float
+        self, store: EventStore, hub: Hub, *, max_in_memory: int, idle_seconds: float,
+        peers: Peers | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
+        self.peers: Peers = peers if peers is not None else LocalPeers()
         self.max_in_memory = max_in_memory
         self.idle_seconds = idle_seconds
         self._live: OrderedDict[str, Conversation] = OrderedDict()
@@ -47,6 +55,12 @@ class Conversations:
         if fence is not None:
             await asyncio.shield(fence)
         conv = self._live.get(conversation_id)
+        if conv is not None and conv.follower:
+            if self.peers.owns(conversation_id):
+                self._live.pop(conversation_id, None)  # owned now: load a real counter
+                conv = None
+            else:
+                await self._refresh(conv)
         if conv is not None:
             conv.used_at = time.monotonic()
             self._live.move_to_end(conversation_id)
@@ -64,9 +78,12 @@ class Conversations:
             conv = None
             if record is not None:
                 seq = await self.store.last_seq(conversation_id)
-                conv = Conversation(record, seq)
+                conv = Conversation(record, seq, follower=not self.peers.owns(conversation_id))
                 self.add(conv)
-                self.hub.note_committed(conversation_id, seq)
+                if conv.follower:
+                    self._seed_follower(conversation_id, seq)
+                else:
+                    self.hub.note_committed(conversation_id, seq)
             fut.set_result(conv)
             return conv
         except BaseException as exc:
@@ -75,6 +92,19 @@ class Conversations:
             raise
         finally:
             del self._loading[conversation_id]
+
+    async def _refresh(self, conv: Conversation) -> None:
+        cid = conv.record.conversation_id
+        conv.seq = max(conv.seq, await self.store.last_seq(cid))
+        self._seed_follower(cid, conv.seq)
+
+    def _seed_follower(self, cid: str, seq: int) -> None:
+        """Move a follower's published mark to the store's, while nobody here listens. The
+        replay window goes too: it stopped where the bus stopped feeding it, and a window
+        that does not reach the mark would make a catch-up skip the events in between."""
+        if seq > self.hub.accepted_seq(cid) and not self.hub.has_subscribers(cid):
+            self.hub.forget(cid)
+            self.hub.note_committed(cid, seq)
 
     def add(self, conv: Conversation) -> None:
         """Keep live state, evicting idle conversations beyond the bound (oldest first)."""
@@ -93,6 +123,8 @@ class Conversations:
 
     def _idle(self, conversation_id: str, conv: Conversation) -> bool:
         """No run, no subscriber, every assigned seq committed (the store is the truth)."""
+        if conv.follower:
+            return not self.hub.has_subscribers(conversation_id)
         return (conv.active_runs == 0 and not self.hub.has_subscribers(conversation_id)
                 and self.hub.published_seq(conversation_id) >= conv.seq)
 
@@ -124,7 +156,16 @@ class Conversations:
             chosen.append(cid)
         return chosen
 
+    def deleted_elsewhere(self, conversation_id: str) -> None:
+        """Cluster mode: the owning node deleted this conversation; drop the follower entry
+        kept here (a later lookup reads the store: 410)."""
+        conv = self._live.get(conversation_id)
+        if conv is not None and conv.follower:
+            self._live.pop(conversation_id, None)
+            self.hub.forget(conversation_id)
+
     def end_expiry(self, fenced: list[str], deleted: list[str]) -> None:
+        self.peers.forget(deleted)
         for cid in deleted:
             self.hub.forget(cid)
         for cid in fenced:

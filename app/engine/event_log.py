@@ -35,12 +35,12 @@ def number_event(
     task_id: str | None = None,
 ) -> AppendEvent:
     """Build, encode (once) and number one event; the caller queues the returned op at once."""
-    if conv.broken:
+    if conv.broken or conv.follower:
         raise BrokenConversation(conv.record.conversation_id)
     ts = now_ms()
     event = cls(  # type: ignore[call-arg]
         seq=conv.seq + 1,
-        conversation_id=conv.record.conversation_id,
+        conversation_id=conv.public_id,
         run_id=run_id,
         agent=agent,
         ts=ts,
@@ -50,7 +50,7 @@ def number_event(
         data=data,
     )
     try:
-        encoded = EncodedEvent.from_event(event)
+        encoded = EncodedEvent.from_event(event, conv.record.conversation_id)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise InvalidEvent(f"{type(exc).__name__}: {exc}") from None
     conv.seq += 1

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -35,9 +36,10 @@ from app.engine.event_log import BrokenConversation, InvalidEvent, number_event
 from app.engine.inputs import InputBroker, InputTimeout
 from app.engine.state import ActiveRun, Conversation
 from app.errors import Expired, InvalidInput, Unavailable, not_found, shutting_down
+from app.ids import scoped
 from app.store.base import EventStore
-from app.store.ops import AppendEvent, Group, Op, PutConversation, PutRun
-from app.store.records import ConversationRecord, RunRecord, decode_run
+from app.store.ops import AppendEvent, Group, Op, PutConversation, PutIdempotency, PutRun
+from app.store.records import ConversationRecord, IdempotencyRecord, RunRecord, decode_run
 from app.store.writer import StoreRejected, StoreUnavailable
 from protocol.codec import EncodedEvent, decode_event
 from protocol.events import (
@@ -46,7 +48,6 @@ from protocol.events import (
     ConversationStartedData,
     Done,
     DoneData,
-    ErrorInfo,
     EventBase,
     RunCancelling,
     RunCancellingData,
@@ -64,6 +65,17 @@ BURST_GAP = 0.0005
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def _retrieve(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class IdempotencyKey(Protocol):
+    """An ``Idempotency-Key`` to commit with a start (engine/starts.py)."""
+
+    def record(self, run: RunRecord) -> IdempotencyRecord: ...
 
 
 class RunLifecycle:
@@ -85,15 +97,27 @@ class RunLifecycle:
         self.active: dict[str, ActiveRun] = {}
         self.accepting = True
         self.inputs = InputBroker(self._emit_with_row, self._emit_with_ack, input_timeout)
+        # Told the conversation id whenever a run leaves ``active`` (the multitask queue).
+        self.on_forget: Callable[[str], None] | None = None
+        # Extra ops committed with a lifecycle event (webhook outbox rows); the engine knows
+        # nothing of webhooks, the server wires this.
+        self.side_ops: Callable[[RunRecord, EncodedEvent], list[Op]] | None = None
         store.writer.on_stalled = self.fail_all
         store.writer.on_rejected = self.on_rejected
 
     # ---- writing events -----------------------------------------------------------------
 
+    def _side(self, record: RunRecord, ops: list[Op]) -> list[Op]:
+        """Ops that must commit with these events (webhook deliveries), from ``side_ops``."""
+        if self.side_ops is None:
+            return []
+        return [extra for op in ops if type(op) is AppendEvent
+                for extra in self.side_ops(record, op.event)]
+
     def _queue(self, run: ActiveRun, ops: list[Op]) -> asyncio.Future[None]:
         """Queue ops as one group that also saves the run row; readers see the row once
         it committed."""
-        group = Group([*ops, PutRun.of(run.record)], notify=True)
+        group = Group([*ops, *self._side(run.record, ops), PutRun.of(run.record)], notify=True)
         self.store.enqueue(group)
         assert group.committed is not None
         put = group.ops[-1]
@@ -157,8 +181,25 @@ class RunLifecycle:
 
     # ---- start --------------------------------------------------------------------------
 
-    async def start(self, req: StartRunRequest, owner: str | None, admin: bool) -> ActiveRun:
-        """Start a run and return once its ``run_started`` is durable."""
+    async def start(
+        self,
+        req: StartRunRequest,
+        owner: str | None,
+        admin: bool,
+        *,
+        gate: Callable[[Conversation], None] | None = None,
+        idempotency: IdempotencyKey | None = None,
+        queued: RunRecord | None = None,
+    ) -> ActiveRun:
+        """Start a run and return once its ``run_started`` is durable.
+
+        ``gate`` sees the conversation in the same synchronous step that makes the run
+        active (so two starts cannot both pass a "nothing is running" check) and may raise
+        to refuse; ``idempotency`` commits the key with the start; ``queued`` is the row of
+        an enqueued start whose turn came (it keeps its run id).
+
+        Over 40 lines on purpose: everything from the gate to ``conv.active_runs += 1`` must
+        stay one synchronous stretch (no await), and splitting it would hide that."""
         if not self.accepting:
             raise shutting_down()
         agent = self.agents.get(req.agent)
@@ -171,18 +212,23 @@ class RunLifecycle:
         conv, opening = await self._open_conversation(req.conversation_id, owner, admin)
         if not self.accepting:
             raise shutting_down()
+        if gate is not None:
+            gate(conv)
         ts = now_ms()
         record = RunRecord(
-            run_id=new_id("r"), conversation_id=conv.record.conversation_id, agent=agent.name,
-            status="running", created_at=ts, started_at=ts, input=req.input,
-            on_disconnect=req.on_disconnect, metadata=req.metadata, owner=conv.record.owner,
-            first_seq=conv.seq + 1,
+            run_id=queued.run_id if queued else new_id("r"),
+            conversation_id=conv.record.conversation_id, agent=agent.name,
+            status="running", created_at=queued.created_at if queued else ts, started_at=ts,
+            input=req.input, on_disconnect=req.on_disconnect, metadata=req.metadata,
+            owner=conv.record.owner, first_seq=conv.seq + 1, webhook_url=req.webhook_url,
         )
         run = ActiveRun(record, conv, agent, parsed, visible=record)
         started = self._number(run, RunStarted, RunStartedData(
             input=req.input, on_disconnect=req.on_disconnect, metadata=req.metadata))
         conv.record.updated_at = ts
-        committed = self._queue(run, [*opening, started, PutConversation.of(conv.record)])
+        keys = [PutIdempotency(idempotency.record(record))] if idempotency else []
+        committed = self._queue(run, [*opening, started, PutConversation.of(conv.record),
+                                      *keys])
         self.active[record.run_id] = run
         conv.active_runs += 1
         run.started = asyncio.get_running_loop().create_future()
@@ -192,13 +238,30 @@ class RunLifecycle:
                  agent=agent.name)
         return run
 
+    def check_input(self, req: StartRunRequest) -> None:
+        """Refuse a start whose agent or input is wrong now, not when its turn comes."""
+        _parse_input(self.agents.get(req.agent), req.input)
+
+    async def end_unstarted(self, record: RunRecord, status: str,
+                            error: ErrorDetail | None) -> asyncio.Future[None] | None:
+        """End a run that never started (an enqueued start that was cancelled, failed to
+        start, or outlived the server): its ``done`` is its one event. Returns the commit."""
+        conv = await self.conversations.get(record.conversation_id)
+        if conv is None:
+            return None
+        record.first_seq = conv.seq + 1
+        metrics.RUNS_ENDED.labels(status).inc()
+        return self._write_done(record, conv, status, error, 1)
+
     async def _open_conversation(
         self, conversation_id: str | None, owner: str | None, admin: bool
     ) -> tuple[Conversation, list[Op]]:
-        """The conversation to run in, and the ops that create it if it is new."""
+        """The conversation to run in, and the ops that create it if it is new.
+        ``conversation_id`` is public: it names a conversation in ``owner``'s namespace."""
         if conversation_id is not None:
-            conv = await self.conversations.get(conversation_id)
-            if conv is None and await self.store.is_expired(conversation_id):
+            key = scoped(owner, conversation_id)
+            conv = await self.conversations.get(key)
+            if conv is None and await self.store.is_expired(key):
                 raise Expired("conversation_expired",
                               f"conversation {conversation_id!r} has expired")
             if conv is not None:
@@ -206,11 +269,11 @@ class RunLifecycle:
                     raise not_found("conversation", conversation_id)
                 return conv, []
             # A concurrent request may have created it while we looked.
-            conv = self.conversations.cached(conversation_id)
+            conv = self.conversations.cached(key)
             if conv is not None:
                 return conv, []
         ts = now_ms()
-        record = ConversationRecord(conversation_id or new_id("c"), ts, ts, owner)
+        record = ConversationRecord(scoped(owner, conversation_id or new_id("c")), ts, ts, owner)
         conv = Conversation(record, 0)
         self.conversations.add(conv)
         opening = number_event(conv, ConversationStarted, ConversationStartedData(), None, None)
@@ -311,13 +374,14 @@ class RunLifecycle:
     def _forget(self, run: ActiveRun) -> None:
         if self.active.pop(run.run_id, None) is not None:
             run.conversation.active_runs -= 1
+            if self.on_forget is not None:
+                self.on_forget(run.record.conversation_id)
 
     def _write_done(self, record: RunRecord, conv: Conversation, status: str,
-                    error: ErrorDetail | None, events: int) -> None:
+                    error: ErrorDetail | None, events: int) -> asyncio.Future[None]:
         """The ``done``, the final row and the conversation update: one atomic group."""
         assert status in FINAL_STATUSES
-        info = ErrorInfo(error.code, error.message) if error else None
-        done = number_event(conv, Done, DoneData(status=status, events=events, error=info),  # type: ignore[arg-type]
+        done = number_event(conv, Done, DoneData(status=status, events=events, error=error),  # type: ignore[arg-type]
                             record.run_id, record.agent)
         record.status = status
         record.ended_at = conv.record.updated_at = now_ms()
@@ -325,7 +389,13 @@ class RunLifecycle:
         record.done_seq = done.event.seq
         record.error = error
         record.pending_input = None
-        self.store.enqueue(Group([done, PutRun.of(record), PutConversation.of(conv.record)]))
+        group = Group([done, *self._side(record, [done]), PutRun.of(record),
+                       PutConversation.of(conv.record)], notify=True)
+        self.store.enqueue(group)
+        assert group.committed is not None
+        # Nobody may wait on it (a run's own end): retrieve a failure so it is not logged.
+        group.committed.add_done_callback(_retrieve)
+        return group.committed
 
     async def _write_done_reloaded(self, record: RunRecord, status: str,
                                    error: ErrorDetail | None) -> None:
@@ -391,11 +461,27 @@ class RunLifecycle:
             if done is not None:
                 self._catch_up_row(record, count, done)
                 continue
+            if record.status == "queued" and count == 0:
+                await self.end_unstarted(record, "interrupted", ErrorDetail(
+                    "server_restarted", "the server stopped while this run was queued"))
+                continue
             await self._write_done_reloaded(record, "interrupted", ErrorDetail(
                 "server_restarted", "the server stopped while this run was open"))
             log.info("run_interrupted", run_id=record.run_id, events=count + 1)
         await self.store.flush()
         return len(records)
+
+    async def end_orphans(self, conversation_ids: set[str]) -> int:
+        """End ``interrupted`` the open runs of conversations this node just took over from
+        a dead node (their runs died with it); returns how many."""
+        orphans = [r for r in await self.store.unfinished_runs()
+                   if r.conversation_id in conversation_ids and r.run_id not in self.active]
+        for record in orphans:
+            await self._write_done_reloaded(record, "interrupted", ErrorDetail(
+                "node_lost", "the server running this run stopped; another one ended it"))
+            log.info("run_interrupted_node_lost", run_id=record.run_id)
+        await self.store.flush()
+        return len(orphans)
 
     def _catch_up_row(self, record: RunRecord, count: int, done: EncodedEvent) -> None:
         """A committed ``done`` wins over a row that says the run is open (older files)."""

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from app.ids import public
 from app.store.records import ConversationRecord, RunRecord
 from protocol.messages import ErrorDetail
 
@@ -26,6 +27,14 @@ class Conversation:
     # The store rejected a write of this conversation: this object's seq counter is no
     # longer the truth; nothing more may be numbered through it (a fresh one is loaded).
     broken: bool = False
+    # Cluster mode: another node owns this conversation; ``seq`` is only the committed
+    # mark last read from the store (for checks like Last-Event-ID), never numbered from.
+    follower: bool = False
+    # The id clients know (the record holds the store key, app/ids.py); events carry it.
+    public_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.public_id = public(self.record.conversation_id)
 
 
 @dataclass

@@ -22,7 +22,9 @@ from app.auth.authenticator import Principal
 from app.clock import now_ms
 from app.engine.engine import Engine, new_id
 from app.errors import AgentstreamError, InvalidInput, LimitExceeded, not_found
-from app.schedules.store import ScheduleStore
+from app.ids import scoped
+from app.schedules.store import Schedules
+from app.store.records import UNFINISHED
 from protocol.messages import ErrorDetail, StartRunRequest
 from protocol.schedules import CreateScheduleRequest, Schedule
 
@@ -33,12 +35,14 @@ MAX_SCHEDULES = 10_000
 MAX_IDLE = 30.0
 # Longest a firing may wait for the engine to take its run (store backpressure).
 START_TIMEOUT = 30.0
+# With schedules shared by nodes, how often the table is read again (others' changes).
+SHARED_RELOAD = 2.0
 
 
 
 
 class Scheduler:
-    def __init__(self, store: ScheduleStore, engine: Engine, *, min_interval: float) -> None:
+    def __init__(self, store: Schedules, engine: Engine, *, min_interval: float) -> None:
         self.store = store
         self.engine = engine
         self.min_interval = min_interval
@@ -99,8 +103,8 @@ class Scheduler:
         return schedule
 
     def conversation_ids(self) -> set[str]:
-        """Conversations the schedules run in: retention keeps them."""
-        return {s.conversation_id for s in self._schedules.values()}
+        """Conversations the schedules run in (store keys): retention keeps them."""
+        return {scoped(s.owner, s.conversation_id) for s in self._schedules.values()}
 
     def list(self, viewer: Principal | None = None) -> list[Schedule]:
         mine = [s for s in self._schedules.values()
@@ -126,12 +130,20 @@ class Scheduler:
         while True:
             self._wake.clear()  # before scanning: a change made meanwhile wakes the wait
             try:
+                if self.store.shared:
+                    await self._reload()
                 await self._fire_due()
             except Exception:
                 log.exception("scheduler_pass_failed")
+            wait = self._seconds_to_next()
+            if self.store.shared:  # other nodes create, delete and fire schedules too
+                wait = min(wait, SHARED_RELOAD)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._seconds_to_next()):
+                async with asyncio.timeout(wait):
                     await self._wake.wait()
+
+    async def _reload(self) -> None:
+        self._schedules = {s.schedule_id: s for s in await self.store.load()}
 
     async def _fire_due(self) -> None:
         now = now_ms()
@@ -153,10 +165,17 @@ class Scheduler:
         sid = schedule.schedule_id
         now = now_ms()
         interval = _ms(schedule.interval_seconds)
-        due_next = schedule.next_fire_at + interval
-        schedule.next_fire_at = due_next if due_next > now else now + interval
+        due = schedule.next_fire_at
+        due_next = due + interval
+        next_due = due_next if due_next > now else now + interval
+        if not await self.store.claim(sid, due, next_due):
+            # Another node took this due time (cluster): it fires, we see its row later.
+            if self.store.shared:
+                await self._reload()
+            return
+        schedule.next_fire_at = next_due
         schedule.last_fire_at = now
-        if schedule.last_run_id is not None and schedule.last_run_id in self.engine.active:
+        if await self._still_running(schedule.last_run_id):
             schedule.skipped += 1
             log.info("schedule_skipped", schedule_id=sid, running=schedule.last_run_id)
         else:
@@ -168,6 +187,21 @@ class Scheduler:
         except Exception:
             # Memory keeps the new times; the next firing's save persists them.
             log.exception("schedule_save_failed", schedule_id=sid)
+
+    async def _still_running(self, run_id: str | None) -> bool:
+        """The previous firing's run is not over (on this node, or, when schedules are
+        shared, on any: its committed row says)."""
+        if run_id is None:
+            return False
+        if run_id in self.engine.active:
+            return True
+        if not self.store.shared:
+            return False
+        try:
+            record = await self.engine.get_run(run_id)
+        except AgentstreamError:
+            return False
+        return record.status in UNFINISHED
 
     async def _start_run(self, schedule: Schedule) -> None:
         req = StartRunRequest(

@@ -12,79 +12,51 @@ What is decided where:
   replay-cache reads, hub registration, metrics, and why the connection ended.
 - ``Wire`` (sse.py, ws.py): how bytes reach this client.
 
+- ``Wheel`` / ``Deadlines`` (timers.py): heartbeat, lifetime and idle, for every sink of
+  the loop on one timer; the sink is one entry (``on_timer``), not a task and a timer.
+- reading what a lagging subscription missed (catchup.py); why a sink ended (ending.py).
+
 Speed: a live batch reaching a parked writer is written from the hub's callback
-(``_write_now``), the same ``bytes`` object for every subscriber of a view; only a write
-that must wait for the peer arms a timer; the lifetime is one timer for the whole sink.
+(``_write_now``), the batch's shared bytes and HTTP chunk for every subscriber of a view;
+only a write that must wait for the peer arms a timer; deliveries move a plain-int tally
+and read the wheel's coarse clock, no lock and no clock call per write.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from app import metrics
-from app.fanout.batch import Batch, Blob, frames_of
+from app.fanout.batch import Batch, Blob
 from app.fanout.hub import Hub
-from app.sinks.cursor import Cursor, Key, Page
-from app.sinks.delivery import Delivery, joined
+from app.sinks.catchup import read_page
+from app.sinks.cursor import Cursor, Key
+from app.sinks.delivery import Delivery
+from app.sinks.ending import PEER_LOST_REASONS, SinkClosed, caused_by_timeout
 from app.sinks.policy import SinkPolicy
+from app.sinks.pump import Pump, Writer
+from app.sinks.timers import Deadlines, Due, Wheel, wheel
 from app.sinks.wire import Wake, Wire
 
 if TYPE_CHECKING:
     from app.store.base import EventStore
 
+__all__ = ["PEER_LOST_REASONS", "Sink", "SinkClosed", "caused_by_timeout", "read_page"]
+
 log = structlog.get_logger(__name__)
-
-# Close reasons meaning the client is gone (or stopped reading): ``Sink.peer_lost``.
-PEER_LOST_REASONS = frozenset({"disconnected", "write_timeout"})
-
-
-class SinkClosed(Exception):
-    """The sink is closed (the reason is in ``Sink.close_reason``): no more subscriptions,
-    no more writes."""
-
-
-class Writer(enum.Enum):
-    """What the writer task is doing, as far as the hub's callback needs to know."""
-
-    BUSY = "busy"  # running the loop: live batches go to the queue
-    PARKED = "parked"  # waiting with nothing to do: live batches are written directly
-    MUST_DRAIN = "must_drain"  # a direct write passed the high-water mark: drain first
-
-
-def caused_by_timeout(exc: BaseException | None) -> bool:
-    """True when ``exc`` (or what it wraps) is a timeout, e.g. the kernel's
-    TCP_USER_TIMEOUT surfacing as ETIMEDOUT under aiohttp's ``Connection lost``."""
-    seen = 0
-    while exc is not None and seen < 4:
-        if isinstance(exc, TimeoutError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
-
-
-async def read_page(hub: Hub, store: EventStore, cursor: Cursor, limit: int) -> Page:
-    """The next page a lagging cursor missed: from the replay cache when it reaches back
-    (the hub's own frames, no store round trip), else from the store. The hub's published
-    mark is sampled first, so a complete page covers everything up to it."""
-    conversation = cursor.conversation_id
-    after = cursor.written_seq
-    published = hub.published_seq(conversation)
-    cached = hub.recent.after(conversation, after, limit)
-    if cached is not None:
-        return Page.read(cached, after, limit, published, cursor.run_id, shared=True)
-    rows = await store.read_events(conversation, after, limit, run_id=cursor.run_id)
-    return Page.read(rows, after, limit, published)
-
 
 class Sink:
     """One connection's delivery: subscriptions in, frames out, until closed."""
+
+    # Slots, not a __dict__: one of these per open connection (idle memory, issue 13).
+    __slots__ = (
+        "_deadlines", "_last_delivery", "_overflows", "_tally", "_wheel", "close_reason",
+        "closed", "connection_id", "delivered", "delivery", "ending", "hub", "on_finished",
+        "policy", "store", "transport", "wake", "wire", "writer",
+    )
 
     def __init__(
         self, wire: Wire, hub: Hub, store: EventStore, policy: SinkPolicy, connection_id: str
@@ -101,16 +73,20 @@ class Sink:
         # Called when a subscription ends with its run's ``done`` (SSE: the response ends;
         # WebSocket: the connection forgets the run).
         self.on_finished: Callable[[Cursor], None] | None = None
-        self._wake = Wake()
-        self._writer = Writer.BUSY
-        # A goodbye to say: "max_lifetime" at once, "shutdown" once everything is written.
-        self._ending: str | None = None
+        # Shared with the writer task (pump.py): its wake-up, its state, a goodbye to say
+        # ("max_lifetime" at once, "shutdown" once everything is written).
+        self.wake = Wake()
+        self.writer = Writer.BUSY
+        self.ending: str | None = None
         self._overflows = 0
         self.closed = False
         self.close_reason: str | None = None
         self.delivered = 0
-        self._last_delivery = time.monotonic()
-        self._delivered_metric = metrics.DELIVERED.labels(self.transport)
+        self._wheel: Wheel | None = None
+        self._deadlines: Deadlines | None = None
+        self._last_delivery = 0.0
+        self._tally = metrics.DELIVERED.counts
+        self._tally.setdefault(self.transport, 0)
 
     @property
     def log(self) -> Any:
@@ -142,6 +118,7 @@ class Sink:
         after: int = 0,
         run_id: str | None = None,
         ends_on_done: bool = False,
+        types: frozenset[str] | None = None,
     ) -> Cursor:
         """Start delivering after ``after``; replaces a subscription with the same key.
 
@@ -150,12 +127,12 @@ class Sink:
         if self.closed:
             raise SinkClosed(self.close_reason or "closed")
         cursor, replaced = self.delivery.subscribe(
-            conversation_id, run_id, after, ends_on_done, listener=self
+            conversation_id, run_id, after, ends_on_done, listener=self, types=types
         )
         if replaced is not None:
             self.hub.remove(replaced)
         self.hub.add(cursor)
-        self._wake.set()
+        self.wake.set()
         return cursor
 
     def unsubscribe(self, key: Key) -> bool:
@@ -170,7 +147,7 @@ class Sink:
         self.delivery.end(cursor)
         self.hub.remove(cursor)
 
-    def _finish(self, cursor: Cursor) -> None:
+    def finish(self, cursor: Cursor) -> None:
         """A subscription's run ended with ``done`` written."""
         self._end(cursor)
         if self.on_finished is not None:
@@ -189,13 +166,13 @@ class Sink:
         if self.closed:
             return
         delivery = self.delivery
-        blob = delivery.offer(cursor, batch, self._writer is Writer.PARKED)
+        blob = delivery.offer(cursor, batch, self.writer is Writer.PARKED)
         if blob is not None:
             self._write_now(cursor, blob)
         elif delivery.queue.items or cursor.lagging:
             if delivery.overflows != self._overflows:
                 self._overflowed()
-            self._wake.set()
+            self.wake.set()
 
     def _overflowed(self) -> None:
         self._overflows = self.delivery.overflows
@@ -210,18 +187,18 @@ class Sink:
         third of the per-subscriber cost of a fan-out.
         """
         try:
-            ready = self.wire.write_nowait(blob.data)
+            ready = self.wire.write_blob(blob)
         except (ConnectionError, RuntimeError) as exc:
             self.transport_lost(exc)
             return
-        self._delivered(blob.count)
+        self.delivered_now(blob.count)
         if cursor.wrote(blob.last_seq, blob.done_run):
-            self._finish(cursor)
+            self.finish(cursor)
         if not ready:
             # Over the high-water mark: the task drains (under write_timeout) before any
             # further write, and nothing more is written from here until it parks again.
-            self._writer = Writer.MUST_DRAIN
-            self._wake.set()
+            self.writer = Writer.MUST_DRAIN
+            self.wake.set()
 
     # ---- closing -------------------------------------------------------------------------
 
@@ -232,7 +209,7 @@ class Sink:
             self.close_reason = reason
         if not self.closed:
             self.closed = True
-            self._wake.set()
+            self.wake.set()
 
     def transport_lost(self, exc: BaseException | None = None) -> None:
         """The wire failed under us. A reset or EOF is ``disconnected``; only a write that
@@ -252,135 +229,70 @@ class Sink:
 
     def shutdown(self) -> None:
         """Deliver what is queued or still to catch up, then say goodbye and close."""
-        if self._ending is None:
-            self._ending = "shutdown"
-        self._wake.set()
+        if self.ending is None:
+            self.ending = "shutdown"
+        self.wake.set()
 
     def abort(self) -> None:
         self.wire.abort()
 
-    def _lifetime_over(self) -> None:
-        self._ending = "max_lifetime"
-        self._wake.set()
+    # ---- timers (one entry on the loop's wheel) --------------------------------------------
+
+    def on_timer(self, now: float) -> None:
+        """The wheel's call: heartbeat, lifetime, idle; then the next visit."""
+        if self.closed or self._deadlines is None or self._wheel is None:
+            return
+        due = self._deadlines.due(now, self._last_delivery)
+        if due & Due.LIFETIME:
+            self.ending = "max_lifetime"
+            self.wake.set()
+        if due & Due.IDLE and self.writer is Writer.PARKED:
+            self.close("idle_timeout")
+            return
+        if due & Due.HEARTBEAT:
+            self._heartbeat(now)
+        if not self.closed:
+            self._wheel.schedule(self, self._deadlines.next(self._last_delivery))
+
+    def _heartbeat(self, now: float) -> None:
+        try:
+            stalled = self.wire.heartbeat(now, self.policy.write_timeout)
+        except (ConnectionError, RuntimeError) as exc:
+            self.transport_lost(exc)
+            return
+        if stalled:
+            self.write_timed_out()
 
     # ---- the writer task -----------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Deliver until closed. Returns normally; the reason is ``close_reason``."""
+    def run(self) -> Coroutine[Any, Any, None]:
+        """Deliver until closed; returns normally, the reason is ``close_reason``.
+
+        Not ``async``: it hands back the writer loop's own coroutine (``Pump.run``), so an
+        idle connection holds one suspended frame fewer."""
+        return Pump(self).run()
+
+    def started(self) -> None:
+        """The writer task began: count the connection, join the loop's timer wheel."""
         metrics.CONNECTIONS.labels(self.transport).inc()
-        lifetime = self.policy.max_lifetime
-        # One timer for the whole lifetime, not one per sleep: a per-sleep timeout costs a
-        # timer-heap push and cancel on every wake-up, i.e. per subscriber per event.
-        timer = (
-            asyncio.get_running_loop().call_later(lifetime, self._lifetime_over)
-            if lifetime > 0 else None
-        )
-        try:
-            await self._deliver()
-        except SinkClosed:
-            pass
-        except (ConnectionError, RuntimeError) as exc:
-            # aiohttp raises ClientConnectionResetError / RuntimeError on a closed transport.
-            self.transport_lost(exc)
-            self.log.debug("sink_write_failed", error=str(exc))
-        finally:
-            self.release()
-            if timer is not None:
-                timer.cancel()
-            metrics.CONNECTIONS.labels(self.transport).dec()
+        timers = self._wheel = wheel()
+        policy = self.policy
+        now = self._last_delivery = timers.time()
+        self._deadlines = Deadlines(now, policy.heartbeat, policy.max_lifetime,
+                                    policy.idle_timeout)
+        timers.schedule(self, self._deadlines.next(self._last_delivery))
 
-    async def _deliver(self) -> None:
-        while not self.closed:
-            if self._writer is Writer.MUST_DRAIN:
-                self._writer = Writer.BUSY
-                await self._timed_drain()
-            elif self._ending == "max_lifetime":
-                await self._goodbye()
-            elif lagging := self.delivery.lagging():
-                for cursor in lagging:
-                    await self._catch_up(cursor)
-                await self._flush()
-            elif self.delivery.queue.items:
-                await self._flush()
-            elif self._ending is not None:
-                await self._goodbye()
-            else:
-                await self._sleep()
+    def stopped(self) -> None:
+        """The writer task ends, on every path: leave the hub and the wheel."""
+        self.release()
+        if self._wheel is not None:
+            self._wheel.cancel(self)
+        metrics.CONNECTIONS.labels(self.transport).dec()
 
-    async def _goodbye(self) -> None:
-        reason = self._ending or "shutdown"
-        try:
-            async with asyncio.timeout(self.policy.write_timeout):
-                await self.wire.goodbye(reason)
-        except TimeoutError:
-            self.wire.abort()
-        self.close(reason)
-
-    async def _sleep(self) -> None:
-        """Wait for an offer, a close, or the lifetime timer armed in ``run``."""
-        self._wake.clear()
-        idle = self.policy.idle_timeout
-        self._writer = Writer.PARKED
-        try:
-            if idle <= 0:
-                await self._wake.wait()
-                return
-            left = self._last_delivery + idle - time.monotonic()
-            if left <= 0:
-                self.close("idle_timeout")
-                return
-            try:
-                async with asyncio.timeout(left):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-        finally:
-            if self._writer is Writer.PARKED:
-                self._writer = Writer.BUSY
-
-    async def _flush(self) -> None:
-        """Write everything queued in one transport write."""
-        items = self.delivery.take()
-        if not items:
-            return
-        await self._timed_write(joined(items))
-        count, finished = self.delivery.written(items)
-        self._delivered(count)
-        for cursor in finished:
-            self._finish(cursor)
-
-    def _delivered(self, count: int) -> None:
+    def delivered_now(self, count: int) -> None:
+        """``count`` events reached the transport: a plain-int tally and the wheel's coarse
+        clock (for the idle timeout), no lock and no clock call per write."""
         self.delivered += count
-        self._last_delivery = time.monotonic()
-        self._delivered_metric.inc(count)
-
-    async def _timed_write(self, data: bytes) -> None:
-        """Write; only a write that has to wait for the peer runs under ``write_timeout``
-        (a timer per write would be a timer per subscriber per event)."""
-        if not self.wire.write_nowait(data):
-            await self._timed_drain()
-
-    async def _timed_drain(self) -> None:
-        try:
-            async with asyncio.timeout(self.policy.write_timeout):
-                await self.wire.drain()
-        except TimeoutError:
-            self.write_timed_out()
-            raise SinkClosed from None
-
-    async def _catch_up(self, cursor: Cursor) -> None:
-        """Write one page a lagging cursor missed; it goes live when that reaches the hub."""
-        if cursor.ended or self.closed:
-            return
-        page = await read_page(self.hub, self.store, cursor, self.policy.catchup_page)
-        if cursor.ended or self.closed:
-            return
-        out = self.delivery.plan_page(cursor, page)
-        if out.events:
-            if out.folded:
-                metrics.MERGED.labels(self.transport).inc(out.folded)
-            await self._timed_write(frames_of(out.events, self.transport))
-            self._delivered(len(out.events))
-        published = self.hub.published_seq(cursor.conversation_id)
-        if self.delivery.page_written(cursor, out, published):
-            self._finish(cursor)
+        if self._wheel is not None:
+            self._last_delivery = self._wheel.now
+        self._tally[self.transport] += count

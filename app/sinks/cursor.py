@@ -114,6 +114,7 @@ class Cursor:
         "phase",
         "queued_seq",
         "run_id",
+        "types",
         "written_seq",
     )
 
@@ -124,9 +125,12 @@ class Cursor:
         after: int,
         ends_on_done: bool,
         listener: Listener | None = None,
+        types: frozenset[str] | None = None,
     ) -> None:
         self.conversation_id = conversation_id
         self.run_id = run_id
+        # Event types this subscription wants (None: all); ``done`` is always among them.
+        self.types = types
         self.key = subscription_key(conversation_id, run_id)
         self.ends_on_done = ends_on_done
         self.listener = listener
@@ -157,7 +161,7 @@ class Cursor:
         batch), or None when not live or already had. The caller queues or writes it."""
         if self.phase is not Phase.LIVE or batch.last_seq <= self.queued_seq:
             return None
-        blob = batch.blob(transport, self.run_id, self.queued_seq)
+        blob = batch.blob(transport, self.run_id, self.queued_seq, self.types)
         self.queued_seq = batch.last_seq
         return blob
 
@@ -193,6 +197,8 @@ class Cursor:
         """What to write for ``page``: cut at the filtered run's ``done``; fold chunks only
         after an overflow (``merge``), never for a plain resume or shared frames."""
         events = page.events
+        if self.types is not None:
+            events = [e for e in events if e.type in self.types]
         done_at: int | None = None
         if self.run_id is not None:
             for i, event in enumerate(events):

@@ -22,16 +22,21 @@ from app.sinks.cursor import Cursor, Key, Listener, Page, PageOut, subscription_
 
 
 class Item:
-    """A queued view of one live batch for one cursor (the batch's shared bytes)."""
+    """A queued view of one live batch for one cursor (the batch's shared ``Blob``)."""
 
-    __slots__ = ("count", "cursor", "data", "done_run", "last_seq")
+    __slots__ = ("blob", "cursor")
 
     def __init__(self, cursor: Cursor, blob: Blob) -> None:
         self.cursor = cursor
-        self.data = blob.data
-        self.count = blob.count
-        self.last_seq = blob.last_seq
-        self.done_run = blob.done_run
+        self.blob = blob
+
+    @property
+    def data(self) -> bytes:
+        return self.blob.data
+
+    @property
+    def count(self) -> int:
+        return self.blob.count
 
 
 class SendQueue:
@@ -98,12 +103,13 @@ class Delivery:
         after: int,
         ends_on_done: bool,
         listener: Listener | None = None,
+        types: frozenset[str] | None = None,
     ) -> tuple[Cursor, Cursor | None]:
         """A new cursor resuming after ``after``, and the one it replaced (now ended)."""
         old = self.cursors.get(subscription_key(conversation_id, run_id))
         if old is not None:
             self.end(old)
-        cursor = Cursor(conversation_id, run_id, after, ends_on_done, listener)
+        cursor = Cursor(conversation_id, run_id, after, ends_on_done, listener, types)
         self.cursors[cursor.key] = cursor
         return cursor, old
 
@@ -166,8 +172,9 @@ class Delivery:
         count = 0
         finished: list[Cursor] = []
         for item in items:
-            count += item.count
-            if item.cursor.wrote(item.last_seq, item.done_run):
+            blob = item.blob
+            count += blob.count
+            if item.cursor.wrote(blob.last_seq, blob.done_run):
                 finished.append(item.cursor)
         return count, finished
 
@@ -182,4 +189,4 @@ class Delivery:
 
 def joined(items: list[Item]) -> bytes:
     """One write's bytes: a lone item's shared bytes as they are, else joined once."""
-    return items[0].data if len(items) == 1 else b"".join([i.data for i in items])
+    return items[0].blob.data if len(items) == 1 else b"".join([i.blob.data for i in items])

@@ -1,8 +1,9 @@
 """Fold consecutive chunk events of one item into one frame, for catching-up sinks.
 
-Only ``message_chunk`` and ``reasoning`` merge, and only with neighbours of the same type,
-run and item; the merged frame keeps the last chunk's seq (so resume ids stay exact) and
-says in ``data.merged`` how many stored events it carries. Control events pass untouched.
+Only ``message_chunk``, ``reasoning`` and ``tool_call_arguments`` merge, and only with
+neighbours of the same type, run and item; the merged frame keeps the last chunk's seq (so
+resume ids stay exact) and says in ``data.merged`` how many stored events it carries.
+Control events pass untouched.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from protocol.codec import EncodedEvent, decode_event
-from protocol.events import MERGEABLE_TYPES, MessageChunk, Reasoning
+from protocol.events import MERGEABLE_TYPES, MessageChunk, Reasoning, ToolCallArguments
 
 
 def _same_item(a: EncodedEvent, b: EncodedEvent) -> bool:
@@ -26,15 +27,16 @@ def _same_item(a: EncodedEvent, b: EncodedEvent) -> bool:
 def _fold(group: list[EncodedEvent]) -> EncodedEvent:
     parsed = [decode_event(e.body) for e in group]
     last = parsed[-1]
-    assert isinstance(last, MessageChunk | Reasoning)
+    assert isinstance(last, MessageChunk | Reasoning | ToolCallArguments)
     count = 0
     parts: list[str] = []
     for ev in parsed:
-        assert isinstance(ev, MessageChunk | Reasoning)
+        assert isinstance(ev, MessageChunk | Reasoning | ToolCallArguments)
         parts.append(ev.data.delta)
         count += ev.data.merged
     data = msgspec.structs.replace(last.data, delta="".join(parts), merged=count)
-    return EncodedEvent.from_event(msgspec.structs.replace(last, data=data))
+    key = group[-1].conversation_id  # the store key (app/ids.py), not the public id
+    return EncodedEvent.from_event(msgspec.structs.replace(last, data=data), key)
 
 
 def merge_chunks(events: list[EncodedEvent]) -> list[EncodedEvent]:

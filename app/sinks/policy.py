@@ -25,6 +25,9 @@ class SinkPolicy(msgspec.Struct, frozen=True):
     catchup_page: int = 2000
     # While catching up, fold consecutive chunks of one item into one frame.
     merge_chunks: bool = True
+    # gzip SSE responses for clients that send ``Accept-Encoding: gzip`` (opt-in: it costs
+    # a compressor per connection and CPU per write; see docs/PERFORMANCE.md).
+    compression: bool = False
 
     def validate(self) -> None:
         if self.heartbeat <= 0:

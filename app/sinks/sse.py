@@ -1,49 +1,69 @@
-"""The SSE wire: aiohttp-sse's EventSourceResponse for headers, ``: ping`` heartbeat and the
-hung-peer TCP timeout; our pre-built frames go straight to its transport, many per write.
+"""The SSE wire: aiohttp-sse's EventSourceResponse for headers and the hung-peer TCP timeout;
+our pre-built frames go straight to its transport, many per write.
 
-aiohttp-sse's ping task ends when a ping cannot be written, so its end means the client is
-gone: a done-callback turns that into ``Sink.transport_lost`` within one heartbeat.
+The heartbeat is not aiohttp-sse's: its ``prepare`` starts a ping task per connection (a task,
+a coroutine frame and a timer per ping: ~1.4 KiB per idle connection and a task switch per
+ping, measured in docs/PERFORMANCE.md P3). ``SseResponse.prepare`` does what aiohttp-sse's does
+minus that task, and the sinks' shared timer wheel writes the ``: ping`` (``SseWire.heartbeat``),
+which also finds a client that has gone (the write fails) within one heartbeat.
 
 Library internals used here, for speed (tests/sinks/test_library_internals.py pins each):
 ``StreamResponse._payload_writer`` (its ``transport``, ``chunked``, ``_compress``,
-``_headers_written``, ``drain``), ``EventSourceResponse._ping_task`` and
-``_abort_transport``, ``StreamResponse._req``.
+``_headers_written``, ``drain``), ``EventSourceResponse._set_tcp_user_timeout`` and
+``_ping_task`` (left None), ``StreamResponse._req``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
+from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
-from app.fanout.batch import Transport
+from app.fanout.batch import Blob, Transport, http_chunk
 from app.fanout.hub import Hub
 from app.sinks.base import Sink
+from app.sinks.cursor import Cursor
 from app.sinks.policy import SinkPolicy
 from app.store.base import EventStore
-from protocol.codec import sse_retry
+from protocol.codec import sse_comment, sse_retry
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 # Bytes buffered in the transport above which a write waits for the peer (asyncio's default
 # high-water mark, and aiohttp's drain limit).
 WRITE_HIGH_WATER = 64 * 1024
+PING = sse_comment("ping")
+PING_CHUNK = http_chunk(PING)
 
 
 class SseResponse(EventSourceResponse):
-    """aiohttp-sse's response, remembering why its ping task gave up.
+    """aiohttp-sse's response without its per-connection ping task (see the module doc).
+    ``gzip``: this response's compressor when the stream is gzipped (``open_sse``)."""
 
-    Its ping write runs under the same ``write_timeout``; when a stalled peer makes it time
-    out, aiohttp-sse aborts the transport. Recording that lets the sink report the drop as
-    ``write_timeout`` (and count it) rather than as an ordinary disconnect.
-    """
+    gzip: zlib._Compress | None = None
 
-    timed_out = False
+    async def write_eof(self, data: bytes = b"") -> None:
+        """A gzipped stream ends with its gzip trailer, so the body is a complete member."""
+        gz, self.gzip = self.gzip, None
+        if gz is not None and not self._eof_sent:
+            data = gz.compress(data) + gz.flush()
+        await super().write_eof(data)
 
-    def _abort_transport(self) -> None:
-        self.timed_out = True
-        super()._abort_transport()
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        """``EventSourceResponse.prepare`` minus ``create_task(self._ping())``: the same
+        TCP_USER_TIMEOUT, headers and chunked encoding."""
+        if self.prepared:
+            return self._payload_writer
+        self._set_tcp_user_timeout(request)
+        writer = await web.StreamResponse.prepare(self, request)
+        self.enable_chunked_encoding()
+        return writer
 
 
 class SseWire:
@@ -51,6 +71,8 @@ class SseWire:
     ``transport.write`` per write, no timer and no await unless the peer is slow."""
 
     name: Transport = "sse"
+    __slots__ = ("_chunked", "_gzip", "_pending", "_stalled_since", "_timed_out", "_writer",
+                 "response", "retry_ms")
 
     def __init__(self, response: EventSourceResponse, retry_ms: int) -> None:
         self.response = response
@@ -61,24 +83,63 @@ class SseWire:
         # Data the raw path could not take (compressed, or headers still buffered in
         # aiohttp): ``drain`` writes it through aiohttp's own ``write``.
         self._pending: list[bytes] = []
+        # When a heartbeat first found the peer not reading (over the high-water mark).
+        self._stalled_since: float | None = None
+        self._timed_out = False
+        self._gzip = response.gzip if isinstance(response, SseResponse) else None
 
     def _raw_ok(self) -> bool:
         writer = self._writer
         return writer is not None and writer._compress is None and writer._headers_written
 
-    def write_nowait(self, data: bytes) -> bool:
-        if self._pending or not self._raw_ok():
-            self._pending.append(data)
-            return False
+    def _transport(self) -> asyncio.Transport:
         assert self._writer is not None
         transport = self._writer.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client has gone")
-        if self._chunked:
-            transport.write(b"".join((b"%x\r\n" % len(data), data, b"\r\n")))
-        else:
-            transport.write(data)
+        return transport
+
+    def write_nowait(self, data: bytes) -> bool:
+        if self._gzip is not None:
+            data = gzip_write(self._gzip, data)
+        if self._pending or not self._raw_ok():
+            self._pending.append(data)
+            return False
+        transport = self._transport()
+        transport.write(http_chunk(data) if self._chunked else data)
         return transport.get_write_buffer_size() <= WRITE_HIGH_WATER
+
+    def write_blob(self, blob: Blob) -> bool:
+        if self._gzip is not None:  # this connection's own stream: nothing to share
+            return self.write_nowait(blob.data)
+        if self._pending or not self._raw_ok():
+            self._pending.append(blob.data)
+            return False
+        transport = self._transport()
+        transport.write(blob.http_chunk() if self._chunked else blob.data)
+        return transport.get_write_buffer_size() <= WRITE_HIGH_WATER
+
+    def heartbeat(self, now: float, write_timeout: float) -> bool:
+        """A ``: ping`` comment; True once the peer has kept the transport over the
+        high-water mark for ``write_timeout`` (what aiohttp-sse's ping did: above the mark
+        a ping waited for the peer under ``send_timeout``, then aborted)."""
+        if self._pending or not self._raw_ok():
+            return False
+        transport = self._transport()
+        if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            if self._stalled_since is None:
+                self._stalled_since = now
+            elif now - self._stalled_since >= write_timeout:
+                self._timed_out = True
+                return True
+            return False
+        self._stalled_since = None
+        if self._gzip is not None:
+            ping = gzip_write(self._gzip, PING)
+            transport.write(http_chunk(ping) if self._chunked else ping)
+        else:
+            transport.write(PING_CHUNK if self._chunked else PING)
+        return False
 
     async def drain(self) -> None:
         if self._pending:
@@ -99,8 +160,8 @@ class SseWire:
             await self.drain()
 
     def timed_out(self) -> bool:
-        """aiohttp-sse aborts a peer whose ping write timed out."""
-        return bool(getattr(self.response, "timed_out", False))
+        """A heartbeat found the peer stalled past ``write_timeout``."""
+        return self._timed_out
 
 
 class SseSink(Sink):
@@ -109,6 +170,8 @@ class SseSink(Sink):
     An SSE response carries one subscription: when its run's ``done`` is written, the
     response ends (``close("done")``).
     """
+
+    __slots__ = ("response",)
 
     def __init__(
         self,
@@ -120,7 +183,12 @@ class SseSink(Sink):
     ) -> None:
         super().__init__(SseWire(response, policy.retry_ms), hub, store, policy, connection_id)
         self.response = response
-        self.on_finished = lambda _cursor: self.close("done")
+
+    def finish(self, cursor: Cursor) -> None:
+        """The stream's run ended with its ``done`` written: the response ends (a method,
+        not a per-connection closure in ``on_finished``)."""
+        super().finish(cursor)
+        self.close("done")
 
 
 async def open_sse(request: web.Request, policy: SinkPolicy) -> EventSourceResponse:
@@ -130,28 +198,50 @@ async def open_sse(request: web.Request, policy: SinkPolicy) -> EventSourceRespo
         allow_all_methods=True,
     )
     response.headers["Content-Type"] = SSE_CONTENT_TYPE
+    if policy.compression:
+        response.headers["Vary"] = "Accept-Encoding"
+        if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+            response.headers["Content-Encoding"] = "gzip"
+            response.gzip = new_gzip()
     await response.prepare(request)
-    await response.write(sse_retry(policy.retry_ms))
+    retry = sse_retry(policy.retry_ms)
+    await response.write(retry if response.gzip is None else gzip_write(response.gzip, retry))
     return response
 
 
-async def serve_sink(sink: SseSink) -> None:
-    """Run the sink until it closes or the client goes; end the ping task either way.
+def accepts_gzip(header: str) -> bool:
+    """``gzip`` listed with a non-zero q (``gzip;q=0`` refuses it)."""
+    for part in header.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in ("gzip", "x-gzip"):
+            q = params.strip().removeprefix("q=")
+            return not params.strip().startswith("q=") or _q(q) > 0
+    return False
 
-    The ping task ending means the client is gone: a done-callback on it tells the sink
-    (a watcher task awaiting ``response.wait()`` did the same for ~1 KiB per connection).
-    """
-    ping = getattr(sink.response, "_ping_task", None)
-    watcher: asyncio.Task[None] | None = None
-    if isinstance(ping, asyncio.Task):
-        ping.add_done_callback(lambda _: sink.transport_lost())
-    else:
-        watcher = asyncio.create_task(sink.response.wait())
-        watcher.add_done_callback(lambda _: sink.transport_lost())
+
+def _q(raw: str) -> float:
     try:
-        await sink.run()
-    finally:
-        sink.release()
-        sink.response.stop_streaming()
-        if watcher is not None:
-            await watcher
+        return float(raw)
+    except ValueError:
+        return 0.0
+
+
+def new_gzip() -> zlib._Compress:
+    """A gzip stream sized for one connection: a 1 KiB window and memLevel 4 keep it near
+    10 KiB (the defaults cost ~256 KiB a connection); SSE frames repeat within a frame far
+    more than across a long window, so the ratio barely moves."""
+    return zlib.compressobj(6, zlib.DEFLATED, 16 + 10, 4)
+
+
+def gzip_write(gz: zlib._Compress, data: bytes) -> bytes:
+    """Compress and flush to a byte boundary: an event must reach the client now, not when
+    the compressor's buffer fills (Z_SYNC_FLUSH keeps the stream open)."""
+    return gz.compress(data) + gz.flush(zlib.Z_SYNC_FLUSH)
+
+
+def serve_sink(sink: SseSink) -> Coroutine[Any, Any, None]:
+    """Run the sink until it closes or the client goes (its heartbeat write fails, or a
+    write does); it leaves the hub on every path (``Sink.stopped``). No task besides the
+    handler's own (the heartbeat is the timer wheel's), and not ``async``: the handler
+    awaits the sink's own coroutine, one suspended frame fewer per idle stream."""
+    return sink.run()

@@ -1,7 +1,7 @@
 """The small interface a sink writes through, and the one-waiter wake-up its writer parks on.
 
 A ``Sink`` composes a ``Wire`` (SSE response or WebSocket) instead of subclassing per
-transport: everything transport-specific is in these five calls.
+transport: everything transport-specific is in these calls.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from app.fanout.batch import Transport
+from app.fanout.batch import Blob, Transport
 
 
 class Wire(Protocol):
@@ -21,6 +21,17 @@ class Wire(Protocol):
         """Hand ``data`` to the transport now. True: done; False: taken, but ``drain`` must
         be awaited before the next write (over the high-water mark, or a write the wire
         could only do asynchronously). Raises ConnectionError if the peer is gone."""
+        ...
+
+    def write_blob(self, blob: Blob) -> bool:
+        """``write_nowait`` of a batch's shared bytes: any framing the wire adds is built
+        once per blob (``Blob.http_chunk``) and shared by every subscriber writing it."""
+        ...
+
+    def heartbeat(self, now: float, write_timeout: float) -> bool:
+        """The timer wheel's heartbeat for this connection. True: the peer has read
+        nothing for ``write_timeout`` (the sink drops it). Raises ConnectionError if the
+        peer is gone."""
         ...
 
     async def drain(self) -> None:
@@ -42,7 +53,9 @@ class Wire(Protocol):
 
 class Wake:
     """A one-waiter event: what ``asyncio.Event`` does for the writer task, without its
-    waiter deque (~0.7 KiB per connection) and loop-binding checks on every ``set``."""
+    waiter deque (~0.7 KiB per connection) and loop-binding checks on every ``set``.
+    ``wait`` is not a coroutine: it returns the future itself, so a parked writer holds
+    no extra frame."""
 
     __slots__ = ("_fut", "_set")
 
@@ -52,7 +65,7 @@ class Wake:
 
     def set(self) -> None:
         self._set = True
-        fut = self._fut
+        fut, self._fut = self._fut, None
         if fut is not None and not fut.done():
             fut.set_result(None)
 
@@ -62,11 +75,10 @@ class Wake:
     def is_set(self) -> bool:
         return self._set
 
-    async def wait(self) -> None:
+    def wait(self) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
         if self._set:
-            return
-        fut = self._fut = asyncio.get_running_loop().create_future()
-        try:
-            await fut
-        finally:
-            self._fut = None
+            fut.set_result(None)
+        else:
+            self._fut = fut
+        return fut

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from app.fanout.batch import Transport
+from app.fanout.batch import Blob, Transport
 from app.fanout.hub import Hub
 from app.sinks.base import Sink
 from app.sinks.policy import SinkPolicy
@@ -64,6 +64,13 @@ class WsWire:
         self._live_transport().write(data)
         return not self._protocol._paused
 
+    def write_blob(self, blob: Blob) -> bool:
+        return self.write_nowait(blob.data)  # event frames are built once per event
+
+    def heartbeat(self, now: float, write_timeout: float) -> bool:
+        """Nothing: aiohttp's own ping/pong (``heartbeat=``) keeps a WebSocket alive."""
+        return False
+
     async def drain(self) -> None:
         """Flow control: wait while the kernel buffer is full (aiohttp's own drain helper)."""
         if self._protocol._paused:
@@ -101,6 +108,7 @@ class WsWire:
 class WsSink(Sink):
     """A ``Sink`` over a WebSocket. Construction only: the behaviour is ``WsWire``'s."""
 
+    __slots__ = ()
     wire: WsWire
 
     def __init__(

@@ -13,8 +13,15 @@ from collections.abc import Callable, Sequence
 
 from app.store.faults import Faults
 from app.store.ops import ExpireConversations, Group, Op, Unit
-from app.store.records import ConversationRecord, RunRecord
-from app.store.writer import CommitListener, StoreUnavailable, Writer
+from app.store.records import (
+    AnswerToken,
+    ConversationQuery,
+    ConversationRecord,
+    IdempotencyRecord,
+    OutboxEntry,
+    RunRecord,
+)
+from app.store.writer import CommitListener, StoreUnavailable, Writer, is_permanent
 from protocol.codec import EncodedEvent
 
 
@@ -39,7 +46,12 @@ class EventStore(ABC):
             self._apply, batch_max=batch_max, high_water=high_water, low_water=low_water,
             stall_timeout=stall_timeout, fail_timeout=fail_timeout,
             faults=faults if faults is not None else Faults.from_env(),
+            permanent=self.is_permanent,
         )
+
+    def is_permanent(self, exc: BaseException) -> bool:
+        """Whether retrying the same batch cannot help (the writer then isolates it)."""
+        return is_permanent(exc)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -158,6 +170,37 @@ class EventStore(ABC):
     @abstractmethod
     async def is_expired(self, ident: str) -> bool:
         """True if a conversation or run of this id was removed by retention."""
+
+    @abstractmethod
+    async def list_conversations(self, query: ConversationQuery) -> list[ConversationRecord]:
+        """A page of conversations, newest created first (see ``ConversationQuery``)."""
+
+    @abstractmethod
+    async def list_runs(
+        self, conversation_id: str, after_first_seq: int, limit: int
+    ) -> list[RunRecord]:
+        """The conversation's runs with ``first_seq > after_first_seq``, in start order."""
+
+    @abstractmethod
+    async def get_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
+        """The committed start that took this key in this scope, if any."""
+
+    @abstractmethod
+    async def due_outbox(self, now: int, limit: int) -> list[OutboxEntry]:
+        """Pending webhook deliveries with ``next_at <= now``, oldest due first."""
+
+    @abstractmethod
+    async def get_outbox(self, delivery_id: str) -> OutboxEntry | None: ...
+
+    @abstractmethod
+    async def get_answer_token(self, token_hash: str) -> AnswerToken | None: ...
+
+    async def apply_now(self, op: Op) -> None:
+        """Queue one operation and wait for its commit (bookkeeping outside any run)."""
+        group = Group([op], notify=True)
+        self.enqueue(group)
+        assert group.committed is not None
+        await group.committed
 
 
 __all__ = ["EventStore", "StoreLocked", "StoreUnavailable"]

@@ -9,11 +9,28 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
+import msgspec
+
+from app.ids import scoped
 from app.store.base import EventStore
-from app.store.ops import AppendEvent, ExpireConversations, Op, PutConversation, PutRun
+from app.store.ops import (
+    AppendEvent,
+    ExpireConversations,
+    Op,
+    PutConversation,
+    PutIdempotency,
+    PutOutbox,
+    PutRun,
+    UpdateOutbox,
+    UseAnswerToken,
+)
 from app.store.records import (
     UNFINISHED,
+    AnswerToken,
+    ConversationQuery,
     ConversationRecord,
+    IdempotencyRecord,
+    OutboxEntry,
     RunRecord,
     decode_conversation,
     decode_run,
@@ -29,6 +46,9 @@ class MemoryEventStore(EventStore):
         self._runs: dict[str, PutRun] = {}
         self._conversations: dict[str, PutConversation] = {}
         self._expired: set[str] = set()
+        self._keys: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._outbox: dict[str, OutboxEntry] = {}
+        self._tokens: dict[str, AnswerToken] = {}
 
     async def _close(self) -> None:
         pass
@@ -45,6 +65,8 @@ class MemoryEventStore(EventStore):
                 if ev.seq <= last:
                     raise ValueError(f"duplicate seq {ev!r}")
                 tails[ev.conversation_id] = ev.seq
+            elif type(op) is PutIdempotency and (op.record.scope, op.record.key) in self._keys:
+                raise ValueError(f"idempotency key {op.record.key!r} is taken")
         for op in ops:
             if type(op) is AppendEvent:
                 self._events.setdefault(op.event.conversation_id, []).append(op.event)
@@ -52,6 +74,20 @@ class MemoryEventStore(EventStore):
                 self._runs[op.run_id] = op
             elif isinstance(op, PutConversation):
                 self._conversations[op.conversation_id] = op
+            elif isinstance(op, PutIdempotency):
+                self._keys[(op.record.scope, op.record.key)] = op.record
+            elif isinstance(op, PutOutbox):
+                self._outbox.setdefault(op.entry.delivery_id, op.entry)
+                if op.token is not None:
+                    self._tokens[op.token.token_hash] = op.token
+            elif isinstance(op, UpdateOutbox):
+                entry = self._outbox.get(op.delivery_id)
+                if entry is not None:
+                    self._outbox[op.delivery_id] = msgspec.structs.replace(
+                        entry, status=op.status, attempts=op.attempts, next_at=op.next_at,
+                        last_error=op.last_error)
+            elif isinstance(op, UseAnswerToken):
+                op.used = self._tokens.pop(op.token_hash, None) is not None
             elif isinstance(op, ExpireConversations):
                 op.deleted = self._expire(op.ids, op.cutoff)
 
@@ -64,11 +100,17 @@ class MemoryEventStore(EventStore):
                    and self._conversations[cid].updated_at < cutoff and cid not in busy]
         for cid in deleted:
             self._expired.add(cid)
-            del self._conversations[cid]
+            owner = self._conversations.pop(cid).owner
             self._events.pop(cid, None)
             for rid in [r.run_id for r in self._runs.values() if r.conversation_id == cid]:
                 del self._runs[rid]
-                self._expired.add(rid)
+                self._expired.add(scoped(owner, rid))  # see SqliteStore._expire
+            for k in [k for k, v in self._keys.items() if v.conversation_id == cid]:
+                del self._keys[k]
+            for d in [d for d, e in self._outbox.items() if e.conversation_id == cid]:
+                del self._outbox[d]
+            for t in [t for t, v in self._tokens.items() if v.conversation_id == cid]:
+                del self._tokens[t]
         return deleted
 
     async def read_events(
@@ -118,3 +160,60 @@ class MemoryEventStore(EventStore):
 
     async def is_expired(self, ident: str) -> bool:
         return ident in self._expired
+
+    async def list_conversations(self, query: ConversationQuery) -> list[ConversationRecord]:
+        rows = sorted((decode_conversation(c.body) for c in self._conversations.values()),
+                      key=lambda c: (c.created_at, c.conversation_id), reverse=True)
+        out: list[ConversationRecord] = []
+        for conv in rows:
+            if len(out) >= query.limit:
+                break
+            if query.owner is not None and conv.owner != query.owner:
+                continue
+            if query.before is not None and (conv.created_at, conv.conversation_id) >= \
+                    query.before:
+                continue
+            if self._matches(conv.conversation_id, query):
+                out.append(conv)
+        return out
+
+    def _matches(self, conversation_id: str, query: ConversationQuery) -> bool:
+        runs = sorted((decode_run(r.body) for r in self._runs.values()
+                       if r.conversation_id == conversation_id), key=lambda r: r.first_seq)
+        if query.status is not None and (not runs or runs[-1].status != query.status):
+            return False
+        if query.agent is None and not query.metadata:
+            return True
+        return any((query.agent is None or r.agent == query.agent)
+                   and all(_text((r.metadata or {}).get(k)) == v
+                           for k, v in query.metadata.items())
+                   for r in runs)
+
+    async def list_runs(
+        self, conversation_id: str, after_first_seq: int, limit: int
+    ) -> list[RunRecord]:
+        runs = sorted((decode_run(r.body) for r in self._runs.values()
+                       if r.conversation_id == conversation_id), key=lambda r: r.first_seq)
+        return [r for r in runs if r.first_seq > after_first_seq][:limit]
+
+    async def get_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
+        return self._keys.get((scope, key))
+
+    async def due_outbox(self, now: int, limit: int) -> list[OutboxEntry]:
+        due = [e for e in self._outbox.values() if e.status == "pending" and e.next_at <= now]
+        return sorted(due, key=lambda e: (e.next_at, e.delivery_id))[:limit]
+
+    async def get_outbox(self, delivery_id: str) -> OutboxEntry | None:
+        return self._outbox.get(delivery_id)
+
+    async def get_answer_token(self, token_hash: str) -> AnswerToken | None:
+        return self._tokens.get(token_hash)
+
+
+def _text(value: object) -> str | None:
+    """A metadata value as SQLite's ``CAST(json_extract(...) AS TEXT)`` gives it."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)

@@ -13,11 +13,18 @@ import asyncio
 
 import msgspec
 
-from app.store.records import ConversationRecord, RunRecord, encode_record
+from app.store.records import (
+    AnswerToken,
+    ConversationRecord,
+    IdempotencyRecord,
+    OutboxEntry,
+    RunRecord,
+    encode_record,
+)
 from protocol.codec import EncodedEvent
 
 
-class AppendEvent(msgspec.Struct, frozen=True):
+class AppendEvent(msgspec.Struct, frozen=True, gc=False):  # see EncodedEvent
     event: EncodedEvent
     ts: int
 
@@ -50,6 +57,57 @@ class PutConversation(msgspec.Struct, frozen=True):
                    encode_record(record))
 
 
+class PutIdempotency(msgspec.Struct, frozen=True):
+    """Remember an ``Idempotency-Key``: committed in the same group as the run's start, so a
+    key never points at a run that was not stored (and a stored start always has its key).
+    Deleted with its conversation (retention, ``DELETE``)."""
+
+    record: IdempotencyRecord
+
+    @property
+    def conversation_id(self) -> str:
+        return self.record.conversation_id
+
+
+class PutOutbox(msgspec.Struct, frozen=True):
+    """Queue a webhook delivery (and its answer token) in the event's own transaction, so a
+    committed ``done`` / ``require_user_input`` always has its delivery: a restart loses
+    none. Deleted with its conversation."""
+
+    entry: OutboxEntry
+    token: AnswerToken | None = None
+
+    @property
+    def conversation_id(self) -> str:
+        return self.entry.conversation_id
+
+
+class UpdateOutbox(msgspec.Struct, frozen=True):
+    """A delivery attempt's outcome: delivered, failed for good, or retry at ``next_at``."""
+
+    delivery_id: str
+    status: str
+    attempts: int
+    next_at: int
+    last_error: str | None = None
+
+    @property
+    def conversation_id(self) -> None:
+        return None
+
+
+class UseAnswerToken(msgspec.Struct):
+    """Take a one-time answer token: deleted inside the transaction; ``used`` says whether
+    this op was the one that took it (a second use finds nothing)."""
+
+    token_hash: str
+    used: bool = False
+
+    @property
+    def conversation_id(self) -> None:
+        return None
+
+
 class ExpireConversations(msgspec.Struct):
     """Drop the named conversations if, inside the transaction, they are still idle since
     before ``cutoff`` ms and have no unfinished run; the backend fills ``deleted``."""
@@ -63,7 +121,8 @@ class ExpireConversations(msgspec.Struct):
         return None
 
 
-Op = AppendEvent | PutRun | PutConversation | ExpireConversations
+Op = (AppendEvent | PutRun | PutConversation | PutIdempotency | PutOutbox | UpdateOutbox
+      | UseAnswerToken | ExpireConversations)
 
 
 class Group:

@@ -26,17 +26,26 @@ from typing import Any
 import aiosqlite
 
 from app.clock import now_ms
+from app.ids import scoped
 from app.store.base import EventStore, StoreLocked, StoreUnavailable
 from app.store.ops import (
     AppendEvent,
     ExpireConversations,
     Op,
     PutConversation,
+    PutIdempotency,
+    PutOutbox,
     PutRun,
+    UpdateOutbox,
+    UseAnswerToken,
 )
 from app.store.records import (
     UNFINISHED,
+    AnswerToken,
+    ConversationQuery,
     ConversationRecord,
+    IdempotencyRecord,
+    OutboxEntry,
     RunRecord,
     decode_conversation,
     decode_run,
@@ -74,6 +83,41 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_seq ON events(conversation_id, seq);
 -- Ids removed by retention, so a late resume gets 410 rather than a puzzling 404.
+-- Idempotency-Key -> the run its first start made (deleted with the conversation).
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_by_conversation ON idempotency(conversation_id);
+CREATE INDEX IF NOT EXISTS conversations_by_owner ON conversations(owner, created_at, id);
+-- Webhook deliveries, written in the transaction of the event they report (webhooks/).
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_at);
+CREATE INDEX IF NOT EXISTS outbox_by_conversation ON outbox(conversation_id);
+-- One-time answer tokens of webhook answer links (SHA-256 of the token only).
+CREATE TABLE IF NOT EXISTS answer_tokens (
+    token_hash TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS answer_tokens_by_conversation ON answer_tokens(conversation_id);
 CREATE TABLE IF NOT EXISTS expired (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -210,6 +254,15 @@ class SqliteEventStore(EventStore):
                         "INSERT OR REPLACE INTO conversations VALUES (?,?,?,?,?)",
                         (op.conversation_id, op.owner, op.created_at, op.updated_at, op.body),
                     )
+                elif isinstance(op, PutIdempotency):
+                    k = op.record
+                    # Plain INSERT: a taken key fails the transaction (the engine's
+                    # single-flight makes that unreachable; this is the backstop).
+                    db.execute("INSERT INTO idempotency VALUES (?,?,?,?,?,?)",
+                               (k.scope, k.key, k.fingerprint, k.run_id, k.conversation_id,
+                                k.created_at))
+                elif isinstance(op, PutOutbox | UpdateOutbox | UseAnswerToken):
+                    _apply_webhook_op(db, op)
                 elif isinstance(op, ExpireConversations):
                     op.deleted = self._expire(db, op.ids, op.cutoff)
             if rows:
@@ -318,17 +371,126 @@ class SqliteEventStore(EventStore):
             f"(SELECT conversation_id FROM runs WHERE conversation_id=? AND status IN ({marks}))",
             (cid, cutoff, cid, *UNFINISHED),
         ).fetchone() is not None]
-        run_ids = [(str(r[0]),) for cid in ids for r in db.execute(
-            "SELECT id FROM runs WHERE conversation_id=?", (cid,)).fetchall()]
+        # An expired run is remembered in its owner's namespace (app/ids.py): only the owner
+        # is told 410, a stranger gets the unknown id's 404.
+        run_ids = [(scoped(r[1], str(r[0])),) for cid in ids for r in db.execute(
+            "SELECT runs.id, conversations.owner FROM runs JOIN conversations"
+            " ON conversations.id = runs.conversation_id WHERE runs.conversation_id=?",
+            (cid,)).fetchall()]
         stamp = now_ms()
         db.executemany("INSERT OR REPLACE INTO expired VALUES (?, 'conversation', ?)",
                        [(i, stamp) for i in ids])
         db.executemany("INSERT OR REPLACE INTO expired VALUES (?, 'run', ?)",
                        [(r, stamp) for (r,) in run_ids])
         for table, column in (("events", "conversation_id"), ("runs", "conversation_id"),
-                              ("conversations", "id")):
+                              ("idempotency", "conversation_id"), ("outbox", "conversation_id"),
+                              ("answer_tokens", "conversation_id"), ("conversations", "id")):
             db.executemany(f"DELETE FROM {table} WHERE {column}=?", [(i,) for i in ids])
         return ids
 
     async def is_expired(self, ident: str) -> bool:
         return await self._read_one("SELECT 1 FROM expired WHERE id=?", (ident,)) is not None
+
+    async def list_conversations(self, query: ConversationQuery) -> list[ConversationRecord]:
+        sql, args = _conversation_sql(query)
+        return [decode_conversation(r[0]) for r in await self._read(sql, args)]
+
+    async def list_runs(
+        self, conversation_id: str, after_first_seq: int, limit: int
+    ) -> list[RunRecord]:
+        rows = await self._read(
+            f"SELECT record FROM runs WHERE conversation_id=? AND {_FIRST_SEQ} > ? "
+            f"ORDER BY {_FIRST_SEQ} LIMIT ?", (conversation_id, after_first_seq, limit))
+        return [decode_run(r[0]) for r in rows]
+
+    async def get_idempotency(self, scope: str, key: str) -> IdempotencyRecord | None:
+        row = await self._read_one(
+            "SELECT scope, key, fingerprint, run_id, conversation_id, created_at "
+            "FROM idempotency WHERE scope=? AND key=?", (scope, key))
+        return IdempotencyRecord(*row) if row else None
+
+
+    async def due_outbox(self, now: int, limit: int) -> list[OutboxEntry]:
+        rows = await self._read(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status='pending' AND next_at<=? "
+            "ORDER BY next_at, id LIMIT ?", (now, limit))
+        return [_outbox_entry(r) for r in rows]
+
+    async def get_outbox(self, delivery_id: str) -> OutboxEntry | None:
+        row = await self._read_one(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id=?",
+                                   (delivery_id,))
+        return _outbox_entry(row) if row else None
+
+    async def get_answer_token(self, token_hash: str) -> AnswerToken | None:
+        row = await self._read_one(
+            "SELECT token_hash, run_id, request_id, conversation_id, expires_at "
+            "FROM answer_tokens WHERE token_hash=?", (token_hash,))
+        return AnswerToken(*row) if row else None
+
+
+_OUTBOX_COLUMNS = ("id, conversation_id, url, body, created_at, next_at, attempts, status, "
+                   "last_error")
+
+
+def _outbox_entry(row: Any) -> OutboxEntry:
+    return OutboxEntry(row[0], row[1], row[2], bytes(row[3]), *row[4:])
+
+
+def _apply_webhook_op(db: sqlite3.Connection,
+                      op: PutOutbox | UpdateOutbox | UseAnswerToken) -> None:
+    """The webhook outbox's writes, on the writer thread inside the batch's transaction."""
+    if isinstance(op, PutOutbox):
+        e = op.entry
+        # OR IGNORE: the id is stable; a delivery is queued once.
+        db.execute("INSERT OR IGNORE INTO outbox VALUES (?,?,?,?,?,?,?,?,?)",
+                   (e.delivery_id, e.conversation_id, e.url, e.body, e.created_at, e.next_at,
+                    e.attempts, e.status, e.last_error))
+        if op.token is not None:
+            t = op.token
+            db.execute("INSERT OR REPLACE INTO answer_tokens VALUES (?,?,?,?,?)",
+                       (t.token_hash, t.run_id, t.request_id, t.conversation_id, t.expires_at))
+    elif isinstance(op, UpdateOutbox):
+        db.execute("UPDATE outbox SET status=?, attempts=?, next_at=?, last_error=? WHERE id=?",
+                   (op.status, op.attempts, op.next_at, op.last_error, op.delivery_id))
+    else:
+        cur = db.execute("DELETE FROM answer_tokens WHERE token_hash=?", (op.token_hash,))
+        op.used = cur.rowcount == 1
+
+
+# Run rows keep their fields in the JSON record; these read them without a schema change
+# (so files made by older versions need no migration).
+_FIRST_SEQ = "json_extract(CAST(record AS TEXT), '$.first_seq')"
+
+
+def _conversation_sql(query: ConversationQuery) -> tuple[str, list[Any]]:
+    """One page of conversations as SQL: keyset on (created_at, id), newest first; the run
+    filters as EXISTS / latest-run subqueries."""
+    where: list[str] = []
+    args: list[Any] = []
+    if query.owner is not None:
+        where.append("c.owner = ?")
+        args.append(query.owner)
+    if query.before is not None:
+        where.append("(c.created_at < ? OR (c.created_at = ? AND c.id < ?))")
+        args += [query.before[0], query.before[0], query.before[1]]
+    if query.status is not None:
+        where.append("(SELECT r.status FROM runs r WHERE r.conversation_id = c.id "
+                     "ORDER BY json_extract(CAST(r.record AS TEXT), '$.first_seq') DESC "
+                     "LIMIT 1) = ?")
+        args.append(query.status)
+    run_checks: list[str] = []
+    if query.agent is not None:
+        run_checks.append("json_extract(CAST(r.record AS TEXT), '$.agent') = ?")
+        args.append(query.agent)
+    for key, value in query.metadata.items():
+        # Keys are checked against [A-Za-z0-9_-] by the API: safe inside a JSON path.
+        run_checks.append(
+            f"CAST(json_extract(CAST(r.record AS TEXT), '$.metadata.\"{key}\"') AS TEXT) = ?")
+        args.append(value)
+    if run_checks:
+        where.append("EXISTS (SELECT 1 FROM runs r WHERE r.conversation_id = c.id AND "
+                     + " AND ".join(run_checks) + ")")
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    args.append(query.limit)
+    return (f"SELECT c.record FROM conversations c {clause} "
+            "ORDER BY c.created_at DESC, c.id DESC LIMIT ?", args)

@@ -69,8 +69,11 @@ class Writer:
         stall_timeout: float,
         fail_timeout: float,
         faults: Faults,
+        permanent: Callable[[BaseException], bool] = is_permanent,
     ) -> None:
         self._apply = apply
+        # Which errors retrying cannot fix: each backend knows its driver's exceptions.
+        self._permanent = permanent
         self.batch_max = batch_max
         self.high_water = high_water
         self.low_water = low_water
@@ -191,7 +194,7 @@ class Writer:
                 self.faults.before_batch()
                 await self._apply(ops_of(batch))
             except Exception as exc:
-                if is_permanent(exc):
+                if self._permanent(exc):
                     log.warning("store_batch_rejected_splitting", units=len(batch), error=str(exc))
                     if await self._commit_one_by_one(len(batch)):
                         backoff = BACKOFF_FIRST
@@ -237,7 +240,7 @@ class Writer:
             try:
                 await self._apply(ops_of([unit]))
             except Exception as exc:
-                if not is_permanent(exc):
+                if not self._permanent(exc):
                     self._note_failure(exc)
                     return False
                 self._reject(unit, exc)

@@ -12,9 +12,10 @@ import pytest
 from app.agents.demo import DemoAgent
 from app.agents.openai_relay import OpenAIOptions, OpenAIRelayAgent
 from app.agents.registry import AgentRegistry
-from tests.agents.fake_openai import API_KEY, CONTENT, REASONING, FakeOpenAI
+from tests.agents.fake_openai import API_KEY, CONTENT, REASONING, TOOL_ARGS, FakeOpenAI
 from tests.conftest import LiveServer, ServerFactory, url
 from tests.run_client import conversation_events, done_of, stream_run, types
+from tests.sse_client import iter_frames
 
 
 @pytest.fixture
@@ -60,8 +61,9 @@ async def test_full_stream_maps_to_events_and_ends_once(
     assert got == (
         ["run_started", "reasoning_started"] + ["reasoning"] * len(REASONING)
         + ["reasoning_completed"] + ["message_chunk"] * len(CONTENT)
-        + ["tool_call_started"] * 2 + ["message", "tool_call_completed", "tool_call_completed",
-                                       "done"]
+        + ["tool_call_started"] + ["tool_call_arguments"] * len(TOOL_ARGS)
+        + ["tool_call_started", "tool_call_arguments"]
+        + ["message", "tool_call_completed", "tool_call_completed", "done"]
     )
     by_type = {e["type"]: e for e in events}
     assert "".join(e["data"]["delta"] for e in events if e["type"] == "reasoning") == "".join(
@@ -76,6 +78,11 @@ async def test_full_stream_maps_to_events_and_ends_once(
         ("get_weather", {"city": "Paris", "unit": "c"}), ("get_time", {})]
     started = [e for e in events if e["type"] == "tool_call_started"]
     assert [s["item_id"] for s in started] == [c["item_id"] for c in calls]
+    # Argument deltas stream between started and completed, per call, as the model sent them.
+    for call, sent in zip(calls, ["".join(TOOL_ARGS), "{}"], strict=True):
+        deltas = [e["data"]["delta"] for e in events
+                  if e["type"] == "tool_call_arguments" and e["item_id"] == call["item_id"]]
+        assert "".join(deltas) == sent
     # The upstream got one streaming request with the key and the prompt.
     [req] = fake[0].requests
     assert req["auth"] == f"Bearer {API_KEY}"
@@ -236,9 +243,31 @@ async def test_token_limit_stop_completes_with_a_warning_and_late_tool_name(
 ) -> None:
     events = await run(http, server, "length")
     assert done_of(events)["status"] == "completed"
-    assert types(events) == ["run_started", "tool_call_started", "message_chunk", "message",
-                             "tool_call_completed", "notify", "done"]
-    call = events[4]["data"]
+    # Fragments that came before the name go out together once the call started.
+    assert types(events) == ["run_started", "tool_call_started", "tool_call_arguments",
+                             "message_chunk", "message", "tool_call_completed", "notify", "done"]
+    assert events[2]["data"] == {"delta": '{"q": 1}'}
+    call = events[5]["data"]
     assert (call["name"], call["arguments"]) == ("search", {"q": 1})
-    assert events[5]["data"] == {"message": "the upstream stopped at its token limit",
+    assert events[6]["data"] == {"message": "the upstream stopped at its token limit",
                                  "level": "warning"}
+
+
+async def test_streamed_arguments_reach_the_output_and_fold_in_a_snapshot(
+    server: LiveServer, http: aiohttp.ClientSession
+) -> None:
+    events = await run(http, server, "ok")
+    done_of(events)
+    async with http.get(url(server, f"/v1/runs/{events[0]['run_id']}")) as r:
+        output = (await r.json())["output"]
+    assert [(t["name"], t["arguments_text"], t["complete"]) for t in output["tool_calls"]] == [
+        ("get_weather", "".join(TOOL_ARGS), True), ("get_time", "{}", True)]
+    # A snapshot of the finished run folds each call to its tool_call_completed.
+    snapshot: list[dict[str, Any]] = []
+    async with http.get(url(server, f"/v1/runs/{events[0]['run_id']}/events?snapshot=1")) as r:
+        async for frame in iter_frames(r):
+            if frame.data:
+                snapshot.append(frame.json)
+    assert [e["type"] for e in snapshot if e["type"].startswith("tool_call")] == [
+        "tool_call_completed", "tool_call_completed"]
+    assert snapshot[-1] == events[-1]

@@ -15,7 +15,8 @@ import pytest
 
 from app.agents.demo import DemoAgent
 from app.agents.registry import AgentRegistry
-from app.agents.remote import RemoteAgent, RemoteOptions
+from app.agents.remote import RemoteAgent
+from app.agents.remote_http import RemoteOptions
 from app.state import STATE
 from tests.agents.fake_remote import REQUEST_ID, RUN_ID, WORDS, FakeRemote
 from tests.agents.tcp_proxy import TcpProxy

@@ -10,19 +10,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import LiveServer, ServerFactory, url
+from tests.helpers import assert_contiguous, post_run
 from tests.sse_client import EventSource, iter_frames, read_events
-
-
-async def start(http: aiohttp.ClientSession, server: LiveServer, **body: Any) -> dict[str, Any]:
-    body.setdefault("agent", "demo")
-    async with http.post(url(server, "/v1/runs"), json=body) as resp:
-        assert resp.status == 202, await resp.text()
-        return dict(await resp.json())
-
-
-def assert_contiguous(events: list[dict[str, Any]]) -> None:
-    seqs = [e["seq"] for e in events]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
 
 
 async def test_post_runs_streams_sse_with_headers_and_ask_round_trip(
@@ -72,7 +61,7 @@ async def test_flaky_event_source_gets_every_event_once_then_204(
 ) -> None:
     """Both catch-up sources: the in-memory window and (with it off) the store."""
     server = await start_server(replay_cache_bytes=replay_cache_bytes)
-    run = await start(http, server, input={"tokens": 60, "delay_ms": 2})
+    run = await post_run(http, server, input={"tokens": 60, "delay_ms": 2})
     es = EventSource(http, url(server, run["events_url"]))
     for _ in range(200):
         status = await es.connect_once(max_events=7)
@@ -90,7 +79,7 @@ async def test_flaky_event_source_gets_every_event_once_then_204(
 async def test_query_last_event_id_resumes_for_browsers(
     server: LiveServer, http: aiohttp.ClientSession
 ) -> None:
-    run = await start(http, server, input={"tokens": 5, "delay_ms": 0})
+    run = await post_run(http, server, input={"tokens": 5, "delay_ms": 0})
     full = await read_events(http, url(server, run["events_url"]))
     middle = full[4]["seq"]
     rest = await read_events(http, url(server, run["events_url"] + f"?last_event_id={middle}"))
@@ -104,7 +93,7 @@ async def test_query_last_event_id_resumes_for_browsers(
 async def test_conversation_stream_spans_runs_and_stays_open(
     server: LiveServer, http: aiohttp.ClientSession
 ) -> None:
-    r1 = await start(http, server, input={"tokens": 3, "delay_ms": 0}, conversation_id="conv-1")
+    r1 = await post_run(http, server, input={"tokens": 3, "delay_ms": 0}, conversation_id="conv-1")
     await read_events(http, url(server, r1["events_url"]))
     got: list[dict[str, Any]] = []
 
@@ -117,7 +106,7 @@ async def test_conversation_stream_spans_runs_and_stays_open(
                         return
 
     task = asyncio.create_task(reader())
-    r2 = await start(http, server, input={"tokens": 3, "delay_ms": 0}, conversation_id="conv-1")
+    r2 = await post_run(http, server, input={"tokens": 3, "delay_ms": 0}, conversation_id="conv-1")
     await asyncio.wait_for(task, 10)
     assert got[0]["type"] == "conversation_started"
     assert {e["run_id"] for e in got if e["run_id"]} == {r1["run_id"], r2["run_id"]}
@@ -128,7 +117,7 @@ async def test_heartbeat_comment_when_idle(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server(heartbeat=0.2)
-    run = await start(http, server, input={"tokens": 0, "ask": "wait", "reasoning": False,
+    run = await post_run(http, server, input={"tokens": 0, "ask": "wait", "reasoning": False,
                                            "tool_call": False})
     pings = 0
     async with http.get(url(server, run["events_url"])) as resp:
@@ -146,7 +135,7 @@ async def test_vanished_client_is_removed_within_a_heartbeat(
 
     server = await start_server(heartbeat=0.3)
     st = server.app[STATE]
-    run = await start(http, server, input={"tokens": 0, "ask": "wait", "reasoning": False,
+    run = await post_run(http, server, input={"tokens": 0, "ask": "wait", "reasoning": False,
                                            "tool_call": False})
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(f"GET {run['events_url']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -204,7 +193,7 @@ async def test_run_outlives_a_closed_tab_by_default(
 
 
 async def test_cancel_is_idempotent(server: LiveServer, http: aiohttp.ClientSession) -> None:
-    run = await start(http, server, input={"tokens": 0, "ask": "wait"})
+    run = await post_run(http, server, input={"tokens": 0, "ask": "wait"})
     cancel = url(server, f"/v1/runs/{run['run_id']}/cancel")
     async with http.post(cancel) as r1:
         assert r1.status == 202
@@ -221,7 +210,7 @@ async def test_cancel_is_idempotent(server: LiveServer, http: aiohttp.ClientSess
 async def test_agent_failure_ends_with_one_failed_done(
     server: LiveServer, http: aiohttp.ClientSession
 ) -> None:
-    run = await start(http, server, input={"tokens": 2, "delay_ms": 0, "fail": True})
+    run = await post_run(http, server, input={"tokens": 2, "delay_ms": 0, "fail": True})
     events = await read_events(http, url(server, run["events_url"]))
     done = events[-1]
     assert done["type"] == "done" and done["data"]["status"] == "failed"
@@ -232,7 +221,7 @@ async def test_agent_failure_ends_with_one_failed_done(
 async def test_input_race_first_answer_wins(
     server: LiveServer, http: aiohttp.ClientSession
 ) -> None:
-    run = await start(http, server, input={"tokens": 0, "ask": "pick", "reasoning": False,
+    run = await post_run(http, server, input={"tokens": 0, "ask": "pick", "reasoning": False,
                                            "tool_call": False, "delay_ms": 0})
     request_id = None
     async with http.get(url(server, run["events_url"])) as resp:

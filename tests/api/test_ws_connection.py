@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from typing import Any
 
 import aiohttp
@@ -20,6 +19,7 @@ from app.sinks.base import Sink, SinkClosed
 from app.sinks.ws import WsSink
 from app.state import STATE
 from tests.conftest import LiveServer, ServerFactory, url
+from tests.helpers import eventually
 from tests.sinks.raw_ws import RawWs
 
 
@@ -31,16 +31,10 @@ async def recv(ws: Any, timeout: float = 10) -> dict[str, Any]:
     return dict(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
 
 
-async def wait_for(cond: Any, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
 
 async def the_sink(server: LiveServer) -> WsSink:
     st = server.app[STATE]
-    await wait_for(lambda: any(isinstance(s, WsSink) for s in st.sinks))
+    await eventually(lambda: any(isinstance(s, WsSink) for s in st.sinks))
     return next(s for s in st.sinks if isinstance(s, WsSink))
 
 
@@ -73,7 +67,7 @@ async def test_replies_to_a_client_that_never_reads_are_bounded_then_dropped(
     finally:
         ws.close()
     assert sent < 16 * 1024 * 1024, f"the server kept reading: {sent} bytes taken"
-    await wait_for(lambda: sink not in st.sinks)
+    await eventually(lambda: sink not in st.sinks)
     assert sink.close_reason == "write_timeout" and sink.peer_lost
     assert peak <= bound + 1024, f"replies buffered {peak} bytes past a {bound} bound"
     async with http.get(url(server, "/metrics")) as resp:
@@ -142,9 +136,9 @@ async def test_a_writer_that_fails_still_cleans_up_and_closes_1011(
             while True:
                 await recv(ws)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
-    await wait_for(lambda: not st.sinks)
+    await eventually(lambda: not st.sinks)
     assert st.hub.subscriber_count() == 0
-    await wait_for(lambda: run_id not in st.engine.active)  # cancelled on close
+    await eventually(lambda: run_id not in st.engine.active)  # cancelled on close
 
 
 async def test_subscribe_finishing_after_the_sink_closed_leaves_nothing_in_the_hub(
@@ -172,9 +166,9 @@ async def test_subscribe_finishing_after_the_sink_closed_leaves_nothing_in_the_h
         await ws.send(json.dumps({"type": "subscribe", "ref": "r",
                                   "conversation_id": conversation}))
         await asyncio.wait_for(entered.wait(), 10)
-        await wait_for(lambda: sink.closed)  # max_lifetime closes it mid-command
+        await eventually(lambda: sink.closed)  # max_lifetime closes it mid-command
         gate.set()
-        await wait_for(lambda: not st.sinks)
+        await eventually(lambda: not st.sinks)
         assert not st.hub.has_subscribers(conversation) and st.hub.subscriber_count() == 0
         with pytest.raises(SinkClosed):
             sink.subscribe(conversation)

@@ -8,31 +8,16 @@ and reads again. Everything after the ``ack`` must belong to the current subscri
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import time
 from typing import Any
 
 import aiohttp
 
 from app.sinks.ws import WsSink
 from app.state import STATE
-from tests.conftest import LiveServer, ServerFactory, url
+from tests.conftest import LiveServer, ServerFactory
+from tests.helpers import eventually, post_run
 from tests.sinks.raw_ws import RawWs
-
-
-async def start_run(http: aiohttp.ClientSession, server: LiveServer, **body: Any) -> dict[str, Any]:
-    body.setdefault("agent", "demo")
-    async with http.post(url(server, "/v1/runs"), json=body) as resp:
-        assert resp.status == 202, await resp.text()
-        return dict(await resp.json())
-
-
-async def wait_for(cond: Any, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def backed_up_subscriber(
@@ -42,7 +27,7 @@ async def backed_up_subscriber(
     nothing, once its sink has live events queued. Returns (socket, sink, run, last seq the
     client read)."""
     st = server.app[STATE]
-    first = await start_run(http, server, input={"tokens": 0, "reasoning": False,
+    first = await post_run(http, server, input={"tokens": 0, "reasoning": False,
                                                  "tool_call": False})
     conversation = first["conversation_id"]
     ws = await RawWs.connect(server.host, server.port, rcvbuf=4096)
@@ -58,10 +43,10 @@ async def backed_up_subscriber(
     (sink,) = [s for s in st.sinks if isinstance(s, WsSink)]
     sock = sink.wire._transport.get_extra_info("socket")  # type: ignore[union-attr]
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
-    flood = await start_run(http, server, conversation_id=conversation,
+    flood = await post_run(http, server, conversation_id=conversation,
                             input={"tokens": 20_000, "delay_ms": 0, "reasoning": False,
                                    "tool_call": False})
-    await wait_for(lambda: sink.queued_events > 500)
+    await eventually(lambda: sink.queued_events > 500)
     return ws, sink, flood, seqs[-1]
 
 

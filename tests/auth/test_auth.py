@@ -65,7 +65,6 @@ async def test_second_user_gets_404_on_every_path(
         ("POST", f"/v1/runs/{rid}/input", {"json": {"request_id": "q_x", "value": 1}}),
         ("POST", f"/v1/runs/{rid}/cancel", {}),
         ("POST", f"/v1/conversations/{cid}/stream-token", {}),
-        ("POST", "/v1/runs", {"json": {"agent": "demo", "conversation_id": cid}}),
     ]
     for method, path, kw in paths:
         got = await status_code(http, method, url(server, path), BOB, **kw)
@@ -79,8 +78,7 @@ async def test_second_user_gets_404_on_every_path(
         for cmd in ({"type": "subscribe", "conversation_id": cid},
                     {"type": "subscribe", "run_id": rid},
                     {"type": "input", "run_id": rid, "request_id": "q", "value": 1},
-                    {"type": "cancel", "run_id": rid},
-                    {"type": "start", "agent": "demo", "conversation_id": cid}):
+                    {"type": "cancel", "run_id": rid}):
             await ws.send(json.dumps(cmd))
             reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
             assert reply["type"] == "error" and reply["code"].endswith("_not_found"), (cmd, reply)

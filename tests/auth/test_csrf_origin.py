@@ -201,3 +201,35 @@ def test_allow_list_normalization() -> None:
     allowed = allowed_origins(" https://App.Example:443 , http://localhost:3000,*,null, ")
     assert allowed == frozenset({"https://app.example", "http://localhost:3000"})
     assert allowed_origins("http://[::1]:8080") == frozenset({"http://[::1]:8080"})
+
+
+async def test_without_auth_a_foreign_page_cannot_act_through_the_browser(
+    start_server: ServerFactory, jar_free_http: aiohttp.ClientSession
+) -> None:
+    """``--auth none``: no credential to steal, but a page on another site could still cancel
+    a run (a body-less POST needs no preflight) or open a WebSocket (no CORS at all) through
+    the user's browser. A browser request (it carries Origin) must come from an allowed
+    origin; clients without Origin (curl, SDKs) are unaffected."""
+    server = await start_server(cors_origins=APP)
+    http = jar_free_http
+    async with http.post(url(server, "/v1/runs"), json={"agent": "demo", "input": WAITING}) as r:
+        assert r.status == 202
+        run_id = (await r.json())["run_id"]
+    cancel = f"/v1/runs/{run_id}/cancel"
+    assert await post(http, server, cancel, {"Origin": EVIL}) == (403, "origin_not_allowed")
+    assert await post(http, server, cancel, {"Origin": "null"}) == (403, "origin_not_allowed")
+    async with http.get(url(server, f"/v1/runs/{run_id}")) as r:
+        assert (await r.json())["status"] in ("running", "waiting_input")  # not cancelled
+    ws_url = f"ws://{server.host}:{server.port}/v1/ws"
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(ws_url, origin=EVIL):
+            pass
+    assert info.value.response.status_code == 403
+    for origin in (own_origin(server), APP, None):  # same site, allowed, not a browser
+        async with connect(ws_url, origin=origin) as ws:
+            await ws.send(json.dumps({"type": "ping", "ref": "p"}))
+            assert json.loads(await ws.recv()) == {"type": "pong", "ref": "p"}
+    # reads stay open to any origin (the browser's CORS decides who may read them)
+    async with http.get(url(server, f"/v1/runs/{run_id}"), headers={"Origin": EVIL}) as r:
+        assert r.status == 200
+    assert await post(http, server, cancel, {"Origin": APP}) == (202, "")

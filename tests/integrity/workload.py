@@ -46,7 +46,10 @@ class RunPlan:
 
     @property
     def body(self) -> dict[str, Any]:
-        return {"agent": "demo", "input": self.input, "conversation_id": self.conversation_id}
+        # Plans share a pool of conversations and overlap on purpose: ask for ``parallel``
+        # (the default multitask policy, ``reject``, would refuse the overlap).
+        return {"agent": "demo", "input": self.input, "conversation_id": self.conversation_id,
+                "multitask": "parallel"}
 
 
 def make_plans(rng: random.Random, tag: str, n: int, pool: list[str],
@@ -139,7 +142,12 @@ class RunClient:
                 if not self.finished and self.stream.connects and self.run_id is None:
                     return  # never started
                 if not self.finished:
-                    return  # stream ended without done: the server went away
+                    # The stream ended without done. Like a real client, reconnect: if the
+                    # server went away that raises (LOST) and the resume phase takes over;
+                    # if it is alive (it closed this connection: a dead-peer verdict after
+                    # a SIGSTOP, a lifetime), the run must still be followed to its done.
+                    self.notes["live_reconnect"] += 1
+                    await asyncio.sleep(0.05)
         except LOST as exc:
             self.notes[f"live_lost:{type(exc).__name__}"] += 1
         finally:
@@ -291,6 +299,8 @@ class RunClient:
                                   "run_not_found": 404}.get(str(code), 0)
                         self._resume_refused(status, text)
                         return
+            # the server ended the socket before done: say how, for the report
+            self.notes[f"ws_closed_by_server:{ws.close_code}"] += 1
 
     def _maybe_drop(self) -> None:
         p = self.plan

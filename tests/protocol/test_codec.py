@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from protocol.codec import EncodedEvent, decode_event, encode_event, sse_frame, ws_text_frame
-from protocol.events import EVENT_CLASSES, ErrorInfo
+from protocol.events import EVENT_CLASSES, ErrorDetail
 from protocol.messages import CancelCommand, StartCommand, SubscribeCommand, decode_command
 
 SAMPLE_DATA: dict[str, dict[str, Any]] = {
@@ -26,6 +26,7 @@ SAMPLE_DATA: dict[str, dict[str, Any]] = {
     "reasoning": {"delta": "hmm"},
     "reasoning_completed": {"text": "hmm"},
     "tool_call_started": {"name": "lookup", "arguments": {"q": 1}},
+    "tool_call_arguments": {"delta": "{\"q\": 1", "merged": 2},
     "tool_call_completed": {"name": "lookup", "result": [1, 2]},
     "component_generator": {"component_type": "chart", "payload": {"a": 1}},
     "notify": {"message": "hi", "level": "warning"},
@@ -123,4 +124,4 @@ def test_commands_decode_and_reject() -> None:
 
 
 def test_error_info_struct() -> None:
-    assert msgspec.json.encode(ErrorInfo("a", "b")) == b'{"code":"a","message":"b"}'
+    assert msgspec.json.encode(ErrorDetail("a", "b")) == b'{"code":"a","message":"b"}'

@@ -46,3 +46,17 @@ def test_loadtest_ws_runs_or_skips_cleanly() -> None:
                "--delay-ms", "1", "--client-procs", "1", "--timeout", "60")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped" in proc.stdout or "delivered:" in proc.stdout
+
+
+def test_bench_quick_p7_measures_the_product_beside_the_floor(tmp_path: Path) -> None:
+    """The many-runs scenario runs both servers with the same client; every stream was
+    checked (one done, its event count) or the scenario fails."""
+    out = tmp_path / "bench.json"
+    proc = run("bench.py", "--quick", "--only", "P7", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    metrics = {r["metric"] for r in rows}
+    assert {"delivered events/s", "server CPU per event", "publish->receive p99"} <= metrics
+    for row in rows:
+        if row["metric"] != "publish->receive p50":
+            assert row["value"] > 0 and row["baselines"]["floor"] > 0, row

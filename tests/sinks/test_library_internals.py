@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
+from aiohttp_sse import EventSourceResponse
 
 from app.sinks.sse import SseResponse
 from tests.sinks.raw_ws import RawWs
@@ -129,37 +130,53 @@ async def test_payload_writer_is_a_chunked_stream_writer_we_can_write_around(sit
         sock.close()
 
 
-async def test_ping_task_is_a_task_that_ends_when_the_client_goes(site: Any) -> None:
-    """``EventSourceResponse._ping_task``: an asyncio.Task that finishes once a ping cannot
-    be written (the sink's only signal that an idle client left)."""
-    s = await site(sse_handler, ping=0.05)
-    sock = await raw_client(s.port, GET)
-    await asyncio.wait_for(s.ready.wait(), 10)
-    ping = s.seen["resp"]._ping_task
-    assert isinstance(ping, asyncio.Task) and not ping.done()
-    sock.close()
-    async with asyncio.timeout(10):
-        await asyncio.wait({ping})
-    assert ping.done()
+async def upstream_sse_handler(request: web.Request, s: Site, **kw: Any) -> web.StreamResponse:
+    resp = EventSourceResponse(ping_interval=30, send_timeout=kw.get("timeout", 30))
+    await resp.prepare(request)
+    s.seen["resp"] = resp
+    s.seen["request"] = request
+    await s.hold()
+    return resp
 
 
-async def test_abort_transport_is_called_when_a_ping_write_times_out(site: Any) -> None:
-    """``EventSourceResponse._abort_transport``: called (and overridable) when a ping write
-    to a stalled client passes ``send_timeout``; our ``SseResponse`` records it."""
-    s = await site(sse_handler, ping=0.05, timeout=0.2)
+def user_timeout_ms(request: web.Request) -> int:
+    sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+
+
+async def test_upstream_prepare_is_tcp_timeout_then_prepare_then_a_ping_task(site: Any) -> None:
+    """What ``SseResponse.prepare`` re-does minus the ping task: aiohttp-sse's ``prepare``
+    calls ``_set_tcp_user_timeout(request)`` (TCP_USER_TIMEOUT = ``send_timeout`` in ms),
+    prepares the response and stores its ping task in ``_ping_task``. If a release moves
+    the ping elsewhere or adds a step, this fails before idle connections grow again."""
+    s = await site(upstream_sse_handler, timeout=7)
     sock = await raw_client(s.port, GET)
     try:
         await asyncio.wait_for(s.ready.wait(), 10)
         resp = s.seen["resp"]
-        transport = resp._req.transport
-        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                                      8192)
-        # The client never reads; past aiohttp's 64 KiB write limit the next ping drains.
-        await resp._payload_writer.write(b"x" * (1024 * 1024), drain=False)
-        async with asyncio.timeout(10):
-            await asyncio.wait({resp._ping_task})
-        assert resp.timed_out, "the ping timed out and _abort_transport ran"
-        assert transport.is_closing()
+        assert isinstance(resp._ping_task, asyncio.Task) and not resp._ping_task.done()
+        assert user_timeout_ms(s.seen["request"]) == 7000
+        assert callable(EventSourceResponse._set_tcp_user_timeout)
+    finally:
+        sock.close()
+
+
+async def test_our_prepare_keeps_headers_and_tcp_timeout_but_starts_no_task(site: Any) -> None:
+    """``SseResponse.prepare``: aiohttp-sse's headers, TCP_USER_TIMEOUT set through its
+    ``_set_tcp_user_timeout``, chunked, and ``_ping_task`` left None (no task per
+    connection: the sinks' timer wheel sends the heartbeat)."""
+    s = await site(sse_handler, timeout=3)
+    sock = await raw_client(s.port, GET)
+    try:
+        await asyncio.wait_for(s.ready.wait(), 10)
+        resp = s.seen["resp"]
+        assert resp._ping_task is None
+        assert user_timeout_ms(s.seen["request"]) == 3000
+        raw = await read_all(sock, b"retry: 10")
+        head = raw.split(b"\r\n\r\n", 1)[0].lower()
+        assert b"content-type: text/event-stream" in head
+        assert b"cache-control: no-cache" in head and b"transfer-encoding: chunked" in head
+        assert resp._payload_writer.chunked
     finally:
         sock.close()
 

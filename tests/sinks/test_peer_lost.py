@@ -62,8 +62,14 @@ async def test_sse_reset_while_blocked_writing_cancels_the_run(
     await wait_for(lambda: sink.closed and not st.sinks)
     assert sink.close_reason == "disconnected" and sink.peer_lost
     await wait_for(lambda: run_id not in st.engine.active)
-    async with http.get(url(server, f"/v1/runs/{run_id}")) as resp:
-        info = await resp.json()
+    # The run leaves ``active`` when its done is queued; the row says so once committed.
+    deadline = time.monotonic() + 20
+    while True:
+        async with http.get(url(server, f"/v1/runs/{run_id}")) as resp:
+            info = await resp.json()
+        if info.get("done_seq") is not None or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
     assert info["status"] == "cancelled", info
     events = []
     async with http.get(url(server, f"/v1/runs/{run_id}/events")) as resp:

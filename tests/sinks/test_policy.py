@@ -150,8 +150,9 @@ async def test_write_timeout_drops_a_peer_that_never_reads(
                  "Host: x\r\n\r\n".encode())
     await writer.drain()
     writer.transport.pause_reading()
-    # flood the conversation with a second run while the peer reads nothing
-    await start_run(http, server, conversation_id=run["conversation_id"],
+    # flood the conversation with a second run while the peer reads nothing (the first
+    # still waits for its answer: ask for ``parallel``, the default policy would refuse)
+    await start_run(http, server, conversation_id=run["conversation_id"], multitask="parallel",
                     input={"tokens": 50_000, "delay_ms": 0, "reasoning": False})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -1,0 +1,1 @@
+"""Views of a run in other ecosystems' protocols: pure mappings, no I/O (issue 17)."""
