@@ -34,7 +34,7 @@ class AgentContext:
         cls = EVENT_CLASSES.get(event_type)
         if cls is None or event_type in LIFECYCLE_TYPES:
             raise ValueError(f"agents cannot emit {event_type!r}")
-        ev = await self._runs.emit(
+        ev = await self._runs.writes.emit(
             self._run, cls, data, item_id=item_id, thread_id=thread_id, task_id=task_id
         )
         return ev.seq

@@ -12,13 +12,13 @@ Commit -> publish is wired here, in plain sight: the store's commit listener is 
 Errors are domain errors (``app.errors``); the API maps them to HTTP and WebSocket.
 
 In a cluster (``peers``), a command for a run or conversation owned by another node is
-forwarded to it and answered from there, so no client needs a sticky session.
+forwarded to it and answered from there (``routing.py`` finds the node), so no client needs
+a sticky session.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from typing import Any
 
 import msgspec
@@ -31,12 +31,14 @@ from app.bus.local import LocalBus
 from app.clock import now_ms
 from app.engine.conversations import Conversations
 from app.engine.deletion import delete_conversation
-from app.engine.lifecycle import RunLifecycle, new_id
+from app.engine.lifecycle import RunLifecycle
+from app.engine.opening import new_id
 from app.engine.peers import LocalPeers, Peers, RemoteRun
 from app.engine.reads import Reads
+from app.engine.routing import Routing
 from app.engine.starts import Started, Starts
 from app.engine.state import ActiveRun, Conversation
-from app.errors import AgentstreamError, Expired, NotFound, Unavailable, not_found, shutting_down
+from app.errors import AgentstreamError, Expired, NotFound, Unavailable, not_found
 from app.fanout.hub import Hub
 from app.ids import public, scoped
 from app.store.base import EventStore
@@ -79,6 +81,7 @@ class Engine:
             run_timeout=run_timeout, ack_timeout=ack_timeout)
         self.reads = Reads(store)
         self.starts = Starts(self.runs, store)
+        self.routing = Routing(self.runs, self.bus, self.peers, self.clustered)
         # Fire-and-forget cancels forwarded from cleanup paths; ended in ``shutdown``.
         self._forwards: set[asyncio.Task[None]] = set()
         store.add_commit_listener(self.bus.committed)
@@ -116,7 +119,7 @@ class Engine:
         node owns it); ``forwarded`` marks a start another node sent here."""
         if not self.clustered:
             return await self.runs.start(req, owner, admin)
-        req, node = await self._owner_for_start(req, owner, None, forwarded)
+        req, node = await self.routing.owner_for_start(req, owner, None, forwarded)
         if node is None:
             return await self.runs.start(req, owner, admin)
         result = await self.peers.forward(node, "start", {
@@ -131,7 +134,7 @@ class Engine:
         its policy are forwarded there (``forwarded``: this node is that owner)."""
         if not self.clustered:
             return await self.starts.start(req, owner, admin, idempotency_key)
-        req, node = await self._owner_for_start(req, owner, idempotency_key, forwarded)
+        req, node = await self.routing.owner_for_start(req, owner, idempotency_key, forwarded)
         if node is None:
             return await self.starts.start(req, owner, admin, idempotency_key)
         result = await self.peers.forward(node, "start", {
@@ -140,34 +143,12 @@ class Engine:
         return Started(msgspec.convert(result["record"], RunRecord), int(result["after"]),
                        bool(result["replayed"]))
 
-    async def _owner_for_start(
-        self, req: StartRunRequest, owner: str | None, idempotency_key: str | None,
-        forwarded: bool,
-    ) -> tuple[StartRunRequest, str | None]:
-        """Name the conversation (a new one gets its id here, so the owner can be claimed
-        before anything is numbered) and find its owning node: None when it is this one.
-        A keyed start of a new conversation names it after the key (``keyed_conversation``):
-        its retries reach the same owner, whose single flight and stored key replay it."""
-        if not self.runs.accepting:
-            raise shutting_down()
-        if not self.bus.healthy:
-            raise Unavailable("bus_unavailable", "the cluster bus (Redis) is unreachable")
-        if req.conversation_id is None:
-            cid = (keyed_conversation(owner, idempotency_key) if idempotency_key is not None
-                   else new_id("c"))
-            req = msgspec.structs.replace(req, conversation_id=cid)
-        assert req.conversation_id is not None
-        node = await self.peers.acquire(scoped(owner, req.conversation_id))
-        if node is not None and forwarded:
-            raise Unavailable("node_unavailable", "the conversation's owner changed; retry")
-        return req, node
-
     async def answer(self, run_id: str, request_id: str, value: Any) -> None:
         """First answer wins, across every transport and node; returns once it is durable."""
         run = self.runs.active.get(run_id)
         if run is None:
             record = await self.get_run(run_id)  # 404 when unknown
-            node = await self._remote_owner(record)
+            node = await self.routing.remote_owner(record)
             if node is not None:
                 await self.peers.forward(node, "answer", {
                     "run_id": run_id, "request_id": request_id, "value": value})
@@ -197,7 +178,7 @@ class Engine:
             if queued is not None:
                 return False, await self.starts.cancel_queued(queued)
             record = await self.get_run(run_id)
-            node = await self._remote_owner(record)
+            node = await self.routing.remote_owner(record)
             if node is None:
                 return False, record
             running, body = await self.peers.forward(
@@ -227,17 +208,6 @@ class Engine:
                 await self.cancel(run_id, reason)
         except (AgentstreamError, TimeoutError) as exc:
             log.warning("forwarded_cancel_failed", run_id=run_id, error=str(exc))
-
-    async def _remote_owner(self, record: RunRecord) -> str | None:
-        """The other live node running this unfinished run, if any. An unfinished run whose
-        owner is gone is a 503 until a survivor ends it (within the lease)."""
-        if not self.clustered or record.status not in UNFINISHED:
-            return None
-        node = await self.peers.owner_of(record.conversation_id)
-        if node is None:
-            raise Unavailable("node_unavailable",
-                              "the node running this run is gone; it ends shortly")
-        return None if node == self.peers.node_id else node
 
     # ---- reads --------------------------------------------------------------------------
 
@@ -325,9 +295,3 @@ class Engine:
         for status, n in counts.items():
             metrics.RUNS_ACTIVE.labels(status).set(n)
 
-
-def keyed_conversation(owner: str | None, idempotency_key: str) -> str:
-    """Cluster mode: the id of the new conversation a keyed start opens, derived from the
-    user's key, so that concurrent retries sent to different nodes meet on one owner."""
-    digest = hashlib.sha256(f"{owner or ''}\n{idempotency_key}".encode()).hexdigest()
-    return f"c_{digest[:16]}"

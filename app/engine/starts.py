@@ -31,7 +31,8 @@ import msgspec
 import structlog
 
 from app.clock import now_ms
-from app.engine.lifecycle import RunLifecycle, new_id
+from app.engine.lifecycle import RunLifecycle
+from app.engine.opening import new_id
 from app.engine.state import Conversation
 from app.errors import AgentstreamError, Conflict, LimitExceeded, Unavailable
 from app.store.base import EventStore

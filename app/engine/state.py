@@ -65,7 +65,7 @@ class ActiveRun:
     # Resolved by the run's driver once ``run_started`` committed (or failed): the one
     # decision ``start`` waits for.
     started: asyncio.Future[None] | None = None
-    # perf_counter() marks for the emit fairness rule (lifecycle.RunLifecycle.emit).
+    # perf_counter() marks for the emit fairness rule (run_writes.RunWrites.emit).
     burst_started: float = 0.0
     last_emit: float = 0.0
 
