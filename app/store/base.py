@@ -163,6 +163,14 @@ class EventStore(ABC):
     async def run_events(self, run: RunRecord) -> tuple[int, EncodedEvent | None]:
         """How many committed events the run has, and its committed ``done`` if any."""
 
+    async def _counted(self, run: RunRecord, count: int | None,
+                       done_seq: int | None) -> tuple[int, EncodedEvent | None]:
+        """``run_events`` from the SQL stores' one count query: read the ``done`` by seq."""
+        if done_seq is None:
+            return int(count or 0), None
+        done = await self.read_events(run.conversation_id, done_seq - 1, 1)
+        return int(count or 0), done[0] if done else None
+
     @abstractmethod
     async def expirable(self, cutoff: int, limit: int) -> list[str]:
         """Conversations idle since before ``cutoff`` with no unfinished run (candidates)."""

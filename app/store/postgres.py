@@ -15,6 +15,9 @@ permanent error, and the writer isolates and rejects those units. The takeover's
 the same rows waits for (or is waited on by) that lock, so there is no window between check
 and write. ``UNIQUE(conversation_id, seq)`` remains only the last line of defence.
 
+The batch's statements (fence, COPY, upserts, retention) are ``pg_writes.py``; this module
+holds the connections, the error classification and the reads.
+
 Errors are classified for the writer: constraint and data errors are permanent, a lost
 connection, a timeout, a server shutting down or a serialization failure is transient (the
 writer retries with backoff, the node reports itself unready, and the next batch
@@ -30,22 +33,13 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from app.clock import now_ms
 from app.errors import Unavailable
-from app.ids import scoped
 from app.store.base import EventStore, StoreUnavailable
 from app.store.ops import (
-    AppendEvent,
-    ExpireConversations,
     Op,
-    PutConversation,
-    PutIdempotency,
-    PutOutbox,
-    PutRun,
-    UpdateOutbox,
-    UseAnswerToken,
 )
 from app.store.pg_schema import SchemaTooNew, migrate
+from app.store.pg_writes import Fenced, write_batch
 from app.store.records import (
     UNFINISHED,
     AnswerToken,
@@ -57,33 +51,13 @@ from app.store.records import (
     decode_conversation,
     decode_run,
 )
+from app.store.sql_shared import OUTBOX_COLUMNS, outbox_entry
 from protocol.codec import EncodedEvent
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+__all__ = ["Fenced", "PostgresEventStore"]
 
-EVENT_COLUMNS = ("conversation_id", "seq", "run_id", "type", "item_id", "ts", "body")
-# The retry after a commit whose outcome is unknown (see ``_apply``).
-INSERT_EVENTS_AGAIN = (
-    "INSERT INTO events (conversation_id, seq, run_id, type, item_id, ts, body) "
-    "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
-    "$6::bigint[], $7::bytea[]) ON CONFLICT (conversation_id, seq) DO NOTHING"
-)
-UPSERT_RUN = (
-    "INSERT INTO runs (id, conversation_id, status, record) VALUES ($1, $2, $3, $4) "
-    "ON CONFLICT (id) DO UPDATE SET conversation_id = EXCLUDED.conversation_id, "
-    "status = EXCLUDED.status, record = EXCLUDED.record"
-)
-UPSERT_CONVERSATION = (
-    "INSERT INTO conversations (id, owner, created_at, updated_at, record) "
-    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, "
-    "created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, "
-    "record = EXCLUDED.record"
-)
-FENCE = (
-    "SELECT conversation_id FROM conversation_owners "
-    "WHERE conversation_id = ANY($1::text[]) AND node_id = $2 FOR SHARE"
-)
 # Transient: the server or the network, not the data.
 TRANSIENT = (
     OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -93,10 +67,6 @@ TRANSIENT = (
     asyncpg.QueryCanceledError,
 )
 PERMANENT = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
-
-
-class Fenced(ValueError):
-    """This node no longer owns a conversation it tried to write (it was taken over)."""
 
 
 class PostgresEventStore(EventStore):
@@ -209,8 +179,8 @@ class PostgresEventStore(EventStore):
         conn = await self._writer_conn()
         try:
             async with conn.transaction():
-                await self._check_fence(conn, ops)
-                await self._write(conn, ops, again=self._uncertain)
+                await write_batch(conn, ops, fence_node=self.fence_node,
+                                  faults=self.writer.faults, again=self._uncertain)
         except TRANSIENT:
             # The connection may be half-dead: the next batch starts on a fresh one.
             self._w = None
@@ -218,91 +188,6 @@ class PostgresEventStore(EventStore):
             conn.terminate()
             raise
         self._uncertain = False
-
-    async def _check_fence(self, conn: Any, ops: Sequence[Op]) -> None:
-        if self.fence_node is None:
-            return
-        wanted = {op.conversation_id for op in ops if op.conversation_id is not None}
-        if not wanted:
-            return
-        rows = await conn.fetch(FENCE, list(wanted), self.fence_node)
-        owned = {r[0] for r in rows}
-        if owned != wanted:
-            raise Fenced(f"node {self.fence_node} does not own {sorted(wanted - owned)[:3]}")
-
-    async def _write(self, conn: Any, ops: Sequence[Op], again: bool = False) -> None:
-        """Apply in order; rows are written in runs between retention operations (an expiry
-        must see everything queued before it)."""
-        rows: list[tuple[Any, ...]] = []
-        runs: dict[str, PutRun] = {}
-        convs: dict[str, PutConversation] = {}
-        faults = self.writer.faults
-        for op in ops:
-            if type(op) is AppendEvent:
-                ev = op.event
-                if faults.marker is not None:
-                    faults.check_event(ev.body)
-                rows.append((ev.conversation_id, ev.seq, ev.run_id, ev.type, ev.item_id, op.ts,
-                             ev.body))
-            elif isinstance(op, PutRun):
-                runs[op.run_id] = op  # the latest snapshot of a row wins, as in order
-            elif isinstance(op, PutConversation):
-                convs[op.conversation_id] = op
-            elif isinstance(op, ExpireConversations):
-                await self._flush_rows(conn, rows, runs, convs, again)
-                rows, runs, convs = [], {}, {}
-                op.deleted = await self._expire(conn, op.ids, op.cutoff)
-            elif isinstance(op, PutIdempotency | PutOutbox | UpdateOutbox | UseAnswerToken):
-                # In order with the rows before it (an outbox row reports a run's done).
-                await self._flush_rows(conn, rows, runs, convs, again)
-                rows, runs, convs = [], {}, {}
-                await _apply_api_op(conn, op, again)
-        await self._flush_rows(conn, rows, runs, convs, again)
-
-    @staticmethod
-    async def _flush_rows(conn: Any, rows: list[tuple[Any, ...]], runs: dict[str, PutRun],
-                          convs: dict[str, PutConversation], again: bool) -> None:
-        if rows and again:
-            await conn.execute(INSERT_EVENTS_AGAIN, *(list(col) for col in zip(*rows,
-                                                                             strict=True)))
-        elif rows:
-            await conn.copy_records_to_table("events", records=rows, columns=EVENT_COLUMNS)
-        if convs:
-            await conn.executemany(UPSERT_CONVERSATION, [
-                (c.conversation_id, c.owner, c.created_at, c.updated_at, c.body)
-                for c in convs.values()])
-        if runs:
-            await conn.executemany(UPSERT_RUN, [
-                (r.run_id, r.conversation_id, r.status, r.body) for r in runs.values()])
-
-    async def _expire(self, conn: Any, candidates: list[str], cutoff: int) -> list[str]:
-        ids = [r[0] for r in await conn.fetch(
-            "SELECT id FROM conversations WHERE id = ANY($1::text[]) AND updated_at < $2 "
-            "AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.conversation_id = conversations.id "
-            "AND status = ANY($3::text[])) FOR UPDATE", candidates, cutoff, list(UNFINISHED))]
-        if not ids:
-            return []
-        stamp = now_ms()
-        # An expired run is remembered in its owner's namespace (app/ids.py), as on SQLite:
-        # only the owner is told 410, a stranger gets the unknown id's 404.
-        run_ids = [scoped(r[1], r[0]) for r in await conn.fetch(
-            "SELECT runs.id, conversations.owner FROM runs JOIN conversations "
-            "ON conversations.id = runs.conversation_id "
-            "WHERE runs.conversation_id = ANY($1::text[])", ids)]
-        await conn.execute(
-            "INSERT INTO expired SELECT unnest($1::text[]), 'run', $2 "
-            "ON CONFLICT (id) DO UPDATE SET expired_at = EXCLUDED.expired_at", run_ids, stamp)
-        await conn.execute(
-            "INSERT INTO expired SELECT unnest($1::text[]), 'conversation', $2 "
-            "ON CONFLICT (id) DO UPDATE SET expired_at = EXCLUDED.expired_at", ids, stamp)
-        for table, column in (("events", "conversation_id"), ("runs", "conversation_id"),
-                              ("idempotency", "conversation_id"), ("outbox", "conversation_id"),
-                              ("answer_tokens", "conversation_id"), ("conversations", "id")):
-            await conn.execute(f"DELETE FROM {table} WHERE {column} = ANY($1::text[])", ids)
-        if self.fence_node is not None:
-            await conn.execute(
-                "DELETE FROM conversation_owners WHERE conversation_id = ANY($1::text[])", ids)
-        return ids
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -370,11 +255,7 @@ class PostgresEventStore(EventStore):
             "SELECT count(*), max(CASE WHEN type='done' THEN seq END) FROM events "
             "WHERE conversation_id=$1 AND seq>=$2 AND run_id=$3",
             run.conversation_id, run.first_seq, run.run_id))
-        count, done_seq = (row[0], row[1]) if row is not None else (0, None)
-        if done_seq is None:
-            return int(count or 0), None
-        done = await self.read_events(run.conversation_id, done_seq - 1, 1)
-        return int(count), done[0] if done else None
+        return await self._counted(run, *(row if row is not None else (0, None)))
 
     async def expirable(self, cutoff: int, limit: int) -> list[str]:
         """Idle conversations; in cluster mode only this node's own (each conversation is
@@ -419,17 +300,17 @@ class PostgresEventStore(EventStore):
         is offered to every node: the deliverer claims it before sending (``may_deliver``),
         so each delivery still has one sender."""
         rows = await self._read(lambda c: c.fetch(
-            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status='pending' AND next_at<=$1 "
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status='pending' AND next_at<=$1 "
             "AND ($3::text IS NULL OR conversation_id NOT IN (SELECT o.conversation_id FROM "
             "conversation_owners o JOIN nodes n USING (node_id) WHERE NOT n.dead "
             "AND o.node_id <> $3)) ORDER BY next_at, id LIMIT $2",
             now, limit, self.fence_node))
-        return [_outbox_entry(r) for r in rows]
+        return [outbox_entry(r) for r in rows]
 
     async def get_outbox(self, delivery_id: str) -> OutboxEntry | None:
         row = await self._read(lambda c: c.fetchrow(
-            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id=$1", delivery_id))
-        return _outbox_entry(row) if row is not None else None
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id=$1", delivery_id))
+        return outbox_entry(row) if row is not None else None
 
     async def get_answer_token(self, token_hash: str) -> AnswerToken | None:
         row = await self._read(lambda c: c.fetchrow(
@@ -438,54 +319,11 @@ class PostgresEventStore(EventStore):
         return AnswerToken(*row) if row is not None else None
 
 
-_OUTBOX_COLUMNS = ("id, conversation_id, url, body, created_at, next_at, attempts, status, "
-                   "last_error")
 # Run rows keep their fields in the JSON record, read here as on SQLite (no extra columns).
 _RECORD = "convert_from({}.record, 'UTF8')::jsonb"
 # A first_seq of 0 is omitted from the record (omit_defaults): coalesce, as SQLite's NULL
 # sorts like the smallest value.
 _FIRST_SEQ = f"coalesce(({_RECORD.format('runs')} ->> 'first_seq')::bigint, 0)"
-
-
-def _outbox_entry(row: Any) -> OutboxEntry:
-    return OutboxEntry(row[0], row[1], row[2], bytes(row[3]), *row[4:])
-
-
-async def _apply_api_op(conn: Any, op: PutIdempotency | PutOutbox | UpdateOutbox |
-                        UseAnswerToken, again: bool) -> None:
-    """The API issue's writes inside the batch's transaction, with SQLite's semantics."""
-    if isinstance(op, PutIdempotency):
-        k = op.record
-        # Plain INSERT: a taken key fails the transaction (the engine's single flight on the
-        # conversation's owner makes that unreachable; this is the backstop). The retry of a
-        # batch whose commit was uncertain may find its own row: that one is the same key.
-        await conn.execute(
-            "INSERT INTO idempotency VALUES ($1,$2,$3,$4,$5,$6)"
-            + (" ON CONFLICT (scope, key) DO NOTHING" if again else ""),
-            k.scope, k.key, k.fingerprint, k.run_id, k.conversation_id, k.created_at)
-    elif isinstance(op, PutOutbox):
-        e = op.entry
-        # DO NOTHING: the id is stable; a delivery is queued once.
-        await conn.execute(
-            "INSERT INTO outbox VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (id) DO NOTHING",
-            e.delivery_id, e.conversation_id, e.url, e.body, e.created_at, e.next_at,
-            e.attempts, e.status, e.last_error)
-        if op.token is not None:
-            t = op.token
-            await conn.execute(
-                "INSERT INTO answer_tokens VALUES ($1,$2,$3,$4,$5) ON CONFLICT (token_hash) "
-                "DO UPDATE SET run_id = EXCLUDED.run_id, request_id = EXCLUDED.request_id, "
-                "conversation_id = EXCLUDED.conversation_id, expires_at = EXCLUDED.expires_at",
-                t.token_hash, t.run_id, t.request_id, t.conversation_id, t.expires_at)
-    elif isinstance(op, UpdateOutbox):
-        await conn.execute(
-            "UPDATE outbox SET status=$1, attempts=$2, next_at=$3, last_error=$4 WHERE id=$5",
-            op.status, op.attempts, op.next_at, op.last_error, op.delivery_id)
-    else:
-        deleted = await conn.fetchval(
-            "WITH d AS (DELETE FROM answer_tokens WHERE token_hash=$1 RETURNING 1) "
-            "SELECT count(*) FROM d", op.token_hash)
-        op.used = deleted == 1
 
 
 def _conversation_sql(query: ConversationQuery) -> tuple[str, list[Any]]:
