@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from app.cluster.workers import REUSE_PORT_ENV, supervise
-from app.config import load_settings
+from app.config import Settings, load_settings
 from app.logging import configure
 from app.state import STATE
 from app.store.base import StoreLocked, StoreUnavailable
@@ -47,6 +47,7 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Each start-up step in order (module docstring); a failed step is its exit code."""
     from app.server import create_app
 
     try:
@@ -60,7 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentstream: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure(settings.log_format, settings.log_level)
-    log = structlog.get_logger("app")
+    sock = _listen(settings)
+    if isinstance(sock, int):
+        return sock
+    try:
+        app[STATE].store.take_lock()
+    except (StoreLocked, StoreUnavailable) as exc:
+        sock.close()
+        return _store_failed(exc)
+    return _serve(app, settings, sock)
+
+
+def _listen(settings: Settings) -> socket.socket | int:
+    """The bound socket, or the exit code when the address is taken."""
     try:
         sock = bind(settings.host, settings.port,
                     reuse_port=os.environ.get(REUSE_PORT_ENV) == "1" and settings.clustered)
@@ -69,14 +82,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_ADDRESS_IN_USE
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening_beyond_loopback", host=settings.host,
-                    hint="no authentication is configured")
-    try:
-        app[STATE].store.take_lock()
-    except (StoreLocked, StoreUnavailable) as exc:
-        sock.close()
-        print(f"agentstream: {exc}", file=sys.stderr)
-        return EXIT_STORE_LOCKED if isinstance(exc, StoreLocked) else EXIT_STORE_UNAVAILABLE
+        structlog.get_logger("app").warning("listening_beyond_loopback", host=settings.host,
+                                            hint="no authentication is configured")
+    return sock
+
+
+def _serve(app: web.Application, settings: Settings, sock: socket.socket) -> int:
+    """Serve on the bound socket until a signal; opening the store (exit 5) happens in the
+    app's startup, after the lock."""
+    log = structlog.get_logger("app")
     port = sock.getsockname()[1]
     address = f"http://{settings.host}:{port}"
     log.info(f"listening on {address}", url=address, db=settings.db)
@@ -93,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
             handle_signals=True,
         )
     except (StoreLocked, StoreUnavailable) as exc:
-        print(f"agentstream: {exc}", file=sys.stderr)
-        return EXIT_STORE_LOCKED if isinstance(exc, StoreLocked) else EXIT_STORE_UNAVAILABLE
+        return _store_failed(exc)
     return 0
+
+
+def _store_failed(exc: StoreLocked | StoreUnavailable) -> int:
+    print(f"agentstream: {exc}", file=sys.stderr)
+    return EXIT_STORE_LOCKED if isinstance(exc, StoreLocked) else EXIT_STORE_UNAVAILABLE
 
 
 if __name__ == "__main__":
