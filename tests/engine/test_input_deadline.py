@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from tests.conftest import LiveServer, ServerFactory, url
+from tests.helpers import check_run, post_run
 from tests.sse_client import read_events
 
 
-async def run_events(http: aiohttp.ClientSession, server: LiveServer, inp: dict) -> list[dict]:  # type: ignore[type-arg]
-    async with http.post(url(server, "/v1/runs"), json={"agent": "demo", "input": inp}) as r:
-        run = await r.json()
-    return await read_events(http, url(server, run["events_url"]))
+async def run_events(http: aiohttp.ClientSession, server: LiveServer,
+                     inp: dict[str, Any]) -> list[dict[str, Any]]:
+    """Start a demo run, read its stream to ``done``, and check the stream's promise."""
+    run = await post_run(http, server, input=inp)
+    events = await read_events(http, url(server, run["events_url"]))
+    check_run(events, run["run_id"])
+    return events
 
 
 async def test_deadline_takes_the_agents_default(

@@ -7,11 +7,9 @@ The drain that was waiting for the peer fails with a reset: that is ``disconnect
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
-import time
 from typing import Any
 
 import aiohttp
@@ -20,13 +18,7 @@ from app.sinks.base import caused_by_timeout
 from app.sinks.sse import WRITE_HIGH_WATER, SseSink
 from app.state import STATE
 from tests.conftest import ServerFactory, url
-
-
-async def wait_for(cond: Any, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+from tests.helpers import check_run, eventually, poll, slow_reader
 
 
 async def test_sse_reset_while_blocked_writing_cancels_the_run(
@@ -37,49 +29,40 @@ async def test_sse_reset_while_blocked_writing_cancels_the_run(
     body = json.dumps({"agent": "demo", "on_disconnect": "cancel",
                        "input": {"tokens": 1_000_000, "delay_ms": 1, "reasoning": False,
                                  "tool_call": False}}).encode()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (server.host, server.port))
-    await loop.sock_sendall(sock, b"POST /v1/runs HTTP/1.1\r\nHost: x\r\n"
-                            b"Accept: text/event-stream\r\nContent-Type: application/json\r\n"
-                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock = await slow_reader(server, b"POST /v1/runs HTTP/1.1\r\nHost: x\r\n"
+                             b"Accept: text/event-stream\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     try:
-        await wait_for(lambda: st.sinks)
+        await eventually(lambda: st.sinks)
         (sink,) = st.sinks
         assert isinstance(sink, SseSink)
         transport = sink.response._req.transport  # type: ignore[union-attr]
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                       16 * 1024)
         # the client reads nothing: the server ends up waiting for it to drain
-        await wait_for(lambda: transport.get_write_buffer_size() > WRITE_HIGH_WATER)
+        await eventually(lambda: transport.get_write_buffer_size() > WRITE_HIGH_WATER)
         (run_id,) = list(st.engine.active)
     finally:
         # reset, not FIN: the kernel answers the server's pending data with RST
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-    await wait_for(lambda: sink.closed and not st.sinks)
+    await eventually(lambda: sink.closed and not st.sinks)
     assert sink.close_reason == "disconnected" and sink.peer_lost
-    await wait_for(lambda: run_id not in st.engine.active)
+    await eventually(lambda: run_id not in st.engine.active)
     # The run leaves ``active`` when its done is queued; the row says so once committed.
-    deadline = time.monotonic() + 20
-    while True:
+    async def run_row() -> dict[str, Any]:
         async with http.get(url(server, f"/v1/runs/{run_id}")) as resp:
-            info = await resp.json()
-        if info.get("done_seq") is not None or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.01)
+            return dict(await resp.json())
+
+    info = await poll(run_row, lambda row: row.get("done_seq") is not None,
+                      what="the run's done committed")
     assert info["status"] == "cancelled", info
     events = []
     async with http.get(url(server, f"/v1/runs/{run_id}/events")) as resp:
         async for line in resp.content:
             if line.startswith(b"data: "):
                 events.append(json.loads(line[6:]))
-    seqs = [e["seq"] for e in events]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    assert [e["type"] for e in events].count("done") == 1
-    assert events[-1]["data"]["events"] == len(events)
+    check_run(events, run_id)
     assert events[-2]["type"] == "run_cancelling"
     assert events[-2]["data"]["reason"] == "client_disconnected"
 

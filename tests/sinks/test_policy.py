@@ -16,15 +16,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.state import STATE
-from tests.conftest import LiveServer, ServerFactory, url
+from tests.conftest import ServerFactory, url
+from tests.helpers import eventually, poll, post_run
 from tests.sse_client import iter_frames, read_events
-
-
-async def start_run(http: aiohttp.ClientSession, server: LiveServer, **body: Any) -> dict:  # type: ignore[type-arg]
-    body.setdefault("agent", "demo")
-    async with http.post(url(server, "/v1/runs"), json=body) as r:
-        assert r.status == 202, await r.text()
-        return dict(await r.json())
 
 
 def count_events(events: list[dict[str, Any]]) -> int:
@@ -79,7 +73,7 @@ async def test_stalled_reader_costs_the_fast_ones_nothing_and_later_gets_everyth
         responses = [await fast.get(events_url) for _ in range(100)]
         async with fast.post(url(server, f"/v1/runs/{first['run_id']}/cancel")) as r:
             assert r.status == 202
-        second = await start_run(fast, server, conversation_id="load",
+        second = await post_run(fast, server, conversation_id="load",
                                  input={"tokens": 20_000, "delay_ms": 0, "reasoning": False})
         marker = b'"type":"done","data":{"status":"completed"'
         peak_queue = 0
@@ -139,7 +133,7 @@ async def test_write_timeout_drops_a_peer_that_never_reads(
     server = await start_server(write_timeout=0.5, queue_events=100_000,
                                 queue_bytes=64 * 1024 * 1024)
     st = server.app[STATE]
-    run = await start_run(http, server, input={"tokens": 0, "ask": "x", "reasoning": False,
+    run = await post_run(http, server, input={"tokens": 0, "ask": "x", "reasoning": False,
                                                "tool_call": False})
     _reader, writer = await asyncio.open_connection(
         server.host, server.port,
@@ -152,13 +146,10 @@ async def test_write_timeout_drops_a_peer_that_never_reads(
     writer.transport.pause_reading()
     # flood the conversation with a second run while the peer reads nothing (the first
     # still waits for its answer: ask for ``parallel``, the default policy would refuse)
-    await start_run(http, server, conversation_id=run["conversation_id"], multitask="parallel",
+    await post_run(http, server, conversation_id=run["conversation_id"], multitask="parallel",
                     input={"tokens": 50_000, "delay_ms": 0, "reasoning": False})
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not any(s.transport == "sse" for s in st.sinks):
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: not any(s.transport == "sse" for s in st.sinks), 30,
+                     "the stalled SSE peer dropped")
     assert not st.sinks, "the stalled peer was dropped"
     async with http.get(url(server, "/metrics")) as r:
         text = await r.text()
@@ -170,7 +161,7 @@ async def test_max_lifetime_sends_retry_and_the_client_resumes_by_id(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server(max_lifetime=0.3, retry_ms=50)
-    run = await start_run(http, server, input={"tokens": 40, "delay_ms": 20})
+    run = await post_run(http, server, input={"tokens": 40, "delay_ms": 20})
     collected: list[dict[str, Any]] = []
     last: str | None = None
     connections = 0
@@ -208,7 +199,7 @@ async def test_idle_timeout_closes_quiet_streams(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server(idle_timeout=0.3)
-    run = await start_run(http, server, input={"tokens": 0, "ask": "x"})
+    run = await post_run(http, server, input={"tokens": 0, "ask": "x"})
     started = time.monotonic()
     events = await read_events(http, url(server, run["events_url"]), stop_after_done=False)
     assert events and events[-1]["type"] == "require_user_input"
@@ -221,7 +212,7 @@ async def test_a_million_events_as_fast_as_possible_keep_memory_bounded(
     server = await start_server(store_high_water=20_000, store_low_water=5_000)
     st = server.app[STATE]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run = await start_run(http, server, input={"tokens": 1_000_000, "delay_ms": 0,
+    run = await post_run(http, server, input={"tokens": 1_000_000, "delay_ms": 0,
                                                "reasoning": False, "tool_call": False})
     peak_pending = 0
     active = st.engine.active[run["run_id"]]
@@ -241,20 +232,18 @@ async def test_retention_expires_finished_conversations_with_a_coded_error(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await start_server(retention=0.2, retention_sweep=0.1)
-    run = await start_run(http, server, conversation_id="old",
+    run = await post_run(http, server, conversation_id="old",
                           input={"tokens": 2, "delay_ms": 0})
     await read_events(http, url(server, run["events_url"]))
-    open_run = await start_run(http, server, conversation_id="busy",
+    open_run = await post_run(http, server, conversation_id="busy",
                                input={"tokens": 0, "ask": "x"})
-    deadline = time.monotonic() + 5
-    status = 200
-    while time.monotonic() < deadline:
+
+    async def old_events() -> tuple[int, Any]:
         async with http.get(url(server, "/v1/conversations/old/events?last_event_id=1")) as r:
-            status = r.status
-            body = await r.json() if r.status != 200 else None
-        if status == 410:
-            break
-        await asyncio.sleep(0.1)
+            return r.status, (await r.json() if r.status != 200 else None)
+
+    status, body = await poll(old_events, lambda got: got[0] == 410,
+                              what="conversation 'old' expired", interval=0.1)
     assert status == 410 and body["error"]["code"] == "conversation_expired"
     async with http.get(url(server, run["events_url"])) as r:
         assert r.status == 410 and (await r.json())["error"]["code"] == "run_expired"
