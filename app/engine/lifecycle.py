@@ -60,6 +60,10 @@ class IdempotencyKey(Protocol):
 
 
 class RunLifecycle:
+    """Owns the active runs and their tasks: a run is started here, driven by its own task
+    (not by any connection), ended with exactly one ``done``, cancelled, or interrupted at
+    shutdown."""
+
     def __init__(
         self,
         store: EventStore,
