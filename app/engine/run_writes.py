@@ -58,8 +58,11 @@ class RunWrites:
 
     async def emit(self, run: ActiveRun, cls: type[EventBase], data: msgspec.Struct,
                    **ids: str | None) -> EncodedEvent:
-        """The agent's path: backpressure from the store, fairness to other tasks."""
-        await self.store.wait_for_room()
+        """The agent's path: backpressure from the store, fairness to other tasks. The room
+        check is synchronous while the store's queue has room (the common case: no two
+        coroutine frames per event); above its high mark the agent waits as before."""
+        if not self.store.has_room():
+            await self.store.wait_for_room()
         check_open(run)
         now = time.perf_counter()
         if now - run.burst_started > BURST_SECONDS and now - run.last_emit < BURST_GAP:

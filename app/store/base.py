@@ -94,6 +94,10 @@ class EventStore(ABC):
     def enqueue(self, unit: Unit) -> None:
         self.writer.enqueue(unit)
 
+    def has_room(self) -> bool:
+        """Synchronous: False when ``wait_for_room`` would wait (producer backpressure)."""
+        return self.writer.has_room
+
     async def wait_for_room(self) -> None:
         await self.writer.wait_for_room()
 

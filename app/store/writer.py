@@ -156,6 +156,12 @@ class Writer:
             self._room.clear()
         self._wake.set()
 
+    @property
+    def has_room(self) -> bool:
+        """True when ``wait_for_room`` would return at once: the per-event hot path checks
+        this synchronously and awaits only when the queue is above its high mark."""
+        return self._room.is_set()
+
     async def wait_for_room(self) -> None:
         if self._room.is_set():
             return

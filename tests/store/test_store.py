@@ -109,9 +109,11 @@ async def test_producers_wait_at_high_water(tmp_path: Path) -> None:
         for i in range(1, 60):
             s.enqueue(AppendEvent(ev("c", i), i))
         # the writer has not run yet: room is closed until it drains under low water
+        assert not s.has_room()  # the emit hot path's synchronous check agrees
         waiter = asyncio.create_task(s.wait_for_room())
         await asyncio.wait_for(waiter, 2)
         assert s.pending <= 10
+        assert s.has_room()
     finally:
         await s.close()
 
