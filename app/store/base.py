@@ -95,7 +95,9 @@ class EventStore(ABC):
         self.writer.enqueue(unit)
 
     def has_room(self) -> bool:
-        """Synchronous: False when ``wait_for_room`` would wait (producer backpressure)."""
+        """Synchronous: False when ``wait_for_room`` would wait (producer backpressure).
+        The per-event hot path (``RunWrites.emit``) checks this and awaits only when the
+        writer's queue is above its high mark, saving two coroutines per event."""
         return self.writer.has_room
 
     async def wait_for_room(self) -> None:

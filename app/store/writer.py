@@ -158,9 +158,7 @@ class Writer:
 
     @property
     def has_room(self) -> bool:
-        """True when ``wait_for_room`` would return at once: the per-event hot path checks
-        this synchronously and awaits only when the queue is above its high mark."""
-        return self._room.is_set()
+        return self._room.is_set()  # EventStore.has_room says why
 
     async def wait_for_room(self) -> None:
         if self._room.is_set():
