@@ -2,7 +2,8 @@
 
 ``Batch.blob(transport, run_id, after)`` gives the joined frames a subscriber writes; the
 first subscriber of a (transport, run filter) pays for the join, every other one gets the
-same ``bytes`` object.
+same ``bytes`` object. Compressed WebSocket sockets are their own view (``ws_deflate``): the
+batch's compressed blob is built once and shared like the plain one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Literal
 
 from protocol.codec import EncodedEvent
 
-Transport = Literal["sse", "ws"]
+# The frames a subscriber writes: SSE, WebSocket, or WebSocket with permessage-deflate
+# (each event's frame compressed once, shared by every socket that negotiated it).
+Transport = Literal["sse", "ws", "ws_deflate"]
 
 
 class Blob:
@@ -45,7 +48,9 @@ def http_chunk(data: bytes) -> bytes:
 def frames_of(events: list[EncodedEvent], transport: Transport) -> bytes:
     if transport == "sse":
         return b"".join([e.sse for e in events])
-    return b"".join([e.ws for e in events])
+    if transport == "ws":
+        return b"".join([e.ws for e in events])
+    return b"".join([e.ws_deflate for e in events])
 
 
 def make_blob(
