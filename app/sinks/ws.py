@@ -8,10 +8,11 @@ cost one syscall. Replies (ack, pong, error) are written synchronously by the re
 permessage-deflate (RFC 7692, opt-in with ``--compression true``): when the client offered
 it and the server window is the default 15 bits, the socket's subscriptions read the
 ``ws_deflate`` view of each batch: every event compressed once, on its own (no context
-takeover), and that frame shared by every compressed socket, like the plain one. Replies,
-snapshots and catch-up pages stay plain frames, which the extension allows per message
-(RSV1 unset). Incoming compressed messages are inflated by aiohttp's reader, bounded by
-``max_ws_message`` (past it: close 1009, however small the compressed frame was).
+takeover), and that frame shared by every compressed socket, like the plain one; catch-up
+pages use the same per-event frames. Replies and snapshots stay plain frames, which the
+extension allows per message (RSV1 unset), as are events that would not shrink. Incoming
+compressed messages are inflated by aiohttp's reader, bounded by ``max_ws_message`` (past
+it: close 1009, however small the compressed frame was).
 
 Heartbeat: the sinks' shared timer wheel, not aiohttp's per-socket ``heartbeat=`` timers.
 Each heartbeat interval in which the peer sent nothing, the wire writes a ping and puts
