@@ -118,6 +118,25 @@ def ws_deflate_frame(payload: bytes) -> bytes:
     return ws_frame(deflated, 0xC1)
 
 
+def ws_deflate_batch(payloads: list[bytes]) -> bytes:
+    """Consecutive messages as one deflate stream, each ended by a sync flush: every message
+    may refer back to the ones before it in the batch (context takeover), which is where the
+    ratio of repeated keys and ids comes from. A fresh compressor: nothing before the first
+    message is referred to, so the batch is valid whatever the peer received earlier.
+
+    Valid only for a peer that keeps its inflate context between messages (it did not
+    negotiate ``server_no_context_takeover``) and gets these frames back to back (one
+    transport write; plain frames between batches do not matter, they never enter the
+    window). Every message is compressed, even one that does not shrink: a plain frame
+    would leave the peer's window behind the compressor's."""
+    c = zlib.compressobj(zlib.Z_BEST_SPEED, zlib.DEFLATED, -DEFLATE_WINDOW_BITS)
+    frames = []
+    for payload in payloads:
+        out: bytes = c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH)
+        frames.append(ws_frame(out[:-4] if out.endswith(DEFLATE_TAIL) else out, 0xC1))
+    return b"".join(frames)
+
+
 class EncodedEvent(msgspec.Struct, gc=False):
     """An event encoded once: its JSON body plus lazily built, cached transport frames.
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from protocol.codec import EncodedEvent
+from protocol.codec import EncodedEvent, ws_deflate_batch, ws_event_payload
 
-# The frames a subscriber writes: SSE, WebSocket, or WebSocket with permessage-deflate
-# (each event's frame compressed once, shared by every socket that negotiated it).
-Transport = Literal["sse", "ws", "ws_deflate"]
+# The frames a subscriber writes: SSE, WebSocket, or WebSocket with permessage-deflate:
+# ``ws_deflate`` compresses each event alone (its frame cached on the event: for peers that
+# asked for ``server_no_context_takeover``), ``ws_deflate_batch`` compresses a batch as one
+# stream (later events refer back to earlier ones; for every other peer). Either is built
+# once per batch view and shared by every socket reading that view.
+Transport = Literal["sse", "ws", "ws_deflate", "ws_deflate_batch"]
 
 
 class Blob:
@@ -50,6 +53,8 @@ def frames_of(events: list[EncodedEvent], transport: Transport) -> bytes:
         return b"".join([e.sse for e in events])
     if transport == "ws":
         return b"".join([e.ws for e in events])
+    if transport == "ws_deflate_batch" and len(events) > 1:
+        return ws_deflate_batch([ws_event_payload(e.body) for e in events])
     return b"".join([e.ws_deflate for e in events])
 
 

@@ -6,13 +6,16 @@ cost one syscall. Replies (ack, pong, error) are written synchronously by the re
 ``ack`` always precedes the events of the run it acknowledges.
 
 permessage-deflate (RFC 7692, opt-in with ``--compression true``): when the client offered
-it and the server window is the default 15 bits, the socket's subscriptions read the
-``ws_deflate`` view of each batch: every event compressed once, on its own (no context
-takeover), and that frame shared by every compressed socket, like the plain one; catch-up
-pages use the same per-event frames. Replies and snapshots stay plain frames, which the
-extension allows per message (RSV1 unset), as are events that would not shrink. Incoming
-compressed messages are inflated by aiohttp's reader, bounded by ``max_ws_message`` (past
-it: close 1009, however small the compressed frame was).
+it and the server window is the default 15 bits, the socket's subscriptions read a
+compressed view of each batch, built once per batch and shared by every socket reading it,
+like the plain one (``deflate_view``). A peer that asked for ``server_no_context_takeover``
+reads ``ws_deflate``: every event compressed alone, that frame cached on the event. Every
+other peer keeps its inflate context, so it reads ``ws_deflate_batch``: a batch (or a
+catch-up page) compressed as one stream, later events referring back to earlier ones, which
+is where the ratio is. Replies and snapshots stay plain frames, which the extension allows
+per message (RSV1 unset; they never enter the peer's window). Incoming compressed messages
+are inflated by aiohttp's reader, bounded by ``max_ws_message`` (past it: close 1009,
+however small the compressed frame was).
 
 Heartbeat: the sinks' shared timer wheel, not aiohttp's per-socket ``heartbeat=`` timers.
 Each heartbeat interval in which the peer sent nothing, the wire writes a ping and puts
@@ -64,13 +67,25 @@ def close_code(reason: str | None) -> int:
     return CLOSE_CODES.get(reason or "", WSCloseCode.OK)
 
 
+def deflate_view(ws: web.WebSocketResponse) -> Transport:
+    """The frames a prepared socket reads. Compressed frames assume the full 15-bit window:
+    a client asking a smaller one gets plain frames (valid under the extension), not frames
+    it could not inflate. ``server_no_context_takeover`` (in our handshake answer) rules out
+    batch-wide compression: each event must then inflate alone."""
+    if ws.compress != DEFLATE_WINDOW_BITS:
+        return "ws"
+    if "server_no_context_takeover" in ws.headers.get("Sec-WebSocket-Extensions", ""):
+        return "ws_deflate"
+    return "ws_deflate_batch"
+
+
 class WsWire:
     """Raw frames to the request's transport, flow-controlled by aiohttp's own protocol;
     the ping/pong liveness check on the shared wheel (``heartbeat``, ``on_timer``)."""
 
     name: Transport = "ws"
-    __slots__ = ("_pong_within", "_protocol", "_transport", "_wheel", "deflate", "heard",
-                 "on_silent", "ws")
+    __slots__ = ("_pong_within", "_protocol", "_transport", "_wheel", "heard", "on_silent",
+                 "view", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request,
                  heartbeat: float = 0.0) -> None:
@@ -78,9 +93,7 @@ class WsWire:
         self.ws = ws
         self._transport = request.transport
         self._protocol: Any = request.protocol
-        # Compressed frames assume the full window; a client asking a smaller one gets plain
-        # frames (valid under the extension), not frames it could not inflate.
-        self.deflate = ws.compress == DEFLATE_WINDOW_BITS
+        self.view = deflate_view(ws)
         self.heard = False  # the peer sent something since the last heartbeat or ping
         self.on_silent: Callable[[], None] | None = None  # a ping went unanswered
         self._pong_within = heartbeat / 2
@@ -180,10 +193,9 @@ class WsSink(Sink):
         wire = WsWire(ws, request, policy.heartbeat)
         super().__init__(wire, hub, store, policy, connection_id)
         wire.on_silent = self._silent
-        if wire.deflate:
-            # Live batches in the compressed view; ``transport`` (the metrics label) stays
-            # "ws".
-            self.delivery.transport = "ws_deflate"
+        # Batches and catch-up pages in the socket's view (compressed or not); ``transport``
+        # (the metrics label) stays "ws".
+        self.delivery.transport = wire.view
 
     def _silent(self) -> None:
         """No pong (nor anything else) within half a heartbeat of a ping: drop the peer.

@@ -35,7 +35,7 @@ async def test_chromium_negotiates_deflate_and_streams_the_run(
     extensions = await page.eval("window.agentstreamDemo.run._socket.extensions")
     assert extensions.startswith("permessage-deflate"), extensions
     (sink,) = zserver.app[STATE].sinks
-    assert sink.delivery.transport == "ws_deflate"
+    assert sink.delivery.transport == "ws_deflate_batch"  # Chromium keeps its context
     await page.click("#choices button[data-answer='\"yes\"']")
     await page.wait("document.body.dataset.state === 'done'")
     done = assert_one_run(await page.eval(EVENTS))

@@ -28,15 +28,19 @@ def deflate(payload: bytes) -> bytes:
 
 
 class Frame:
-    __slots__ = ("opcode", "payload", "rsv1")
+    """One frame; ``text`` is its message inflated the way the handshake said: with the
+    connection's kept decompressor, or (``server_no_context_takeover``) a fresh one."""
 
-    def __init__(self, opcode: int, rsv1: bool, payload: bytes) -> None:
+    __slots__ = ("opcode", "payload", "rsv1", "text")
+
+    def __init__(self, opcode: int, rsv1: bool, payload: bytes, text: bytes) -> None:
         self.opcode = opcode
         self.rsv1 = rsv1
         self.payload = payload
+        self.text = text
 
     def json(self) -> dict[str, Any]:
-        return dict(json.loads(inflate(self.payload) if self.rsv1 else self.payload))
+        return dict(json.loads(self.text))
 
 
 class DeflateClient:
@@ -45,6 +49,8 @@ class DeflateClient:
         self.reader = reader
         self.writer = writer
         self.extensions = extensions  # the server's Sec-WebSocket-Extensions, if any
+        self.no_takeover = extensions is not None and "server_no_context_takeover" in extensions
+        self.inflater = zlib.decompressobj(-15)  # kept across messages (context takeover)
 
     @classmethod
     async def connect(cls, host: str, port: int, offer: str | None) -> DeflateClient:
@@ -92,8 +98,13 @@ class DeflateClient:
                 (n,) = struct.unpack("!H", await self.reader.readexactly(2))
             elif n == 127:
                 (n,) = struct.unpack("!Q", await self.reader.readexactly(8))
-            frame = Frame(b0 & 0x0F, bool(b0 & 0x40), await self.reader.readexactly(n))
+            payload = await self.reader.readexactly(n)
         assert b0 & 0x80, "fragmented frames are not expected from this server"
+        text = payload
+        if b0 & 0x40:
+            text = (inflate(payload) if self.no_takeover
+                    else self.inflater.decompress(payload + TAIL))
+        frame = Frame(b0 & 0x0F, bool(b0 & 0x40), payload, text)
         if frame.opcode == 0x9:
             self.send_frame(frame.payload, 0x8A)
         return frame

@@ -18,12 +18,27 @@ import aiohttp
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.compression.deflate_client import TAIL, DeflateClient
-from tests.conftest import LiveServer, ServerFactory
-from tests.helpers import check_run
+from tests.compression.deflate_client import TAIL, DeflateClient, inflate
+from tests.conftest import LiveServer, ServerFactory, url
+from tests.helpers import check_run, post_run
 
 RUN = {"tokens": 40, "delay_ms": 1}
 CHROMIUM_OFFER = "permessage-deflate; client_max_window_bits"
+
+
+async def until_done(http: aiohttp.ClientSession, server: LiveServer, run_id: str) -> None:
+    status: list[str] = []
+
+    async def poll() -> bool:
+        async with http.get(url(server, f"/v1/runs/{run_id}")) as resp:
+            status.append((await resp.json())["status"])
+        return status[-1] == "completed"
+
+    for _ in range(2000):
+        if await poll():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"run still {status[-1]}")
 
 
 def ws_url(server: LiveServer) -> str:
@@ -89,25 +104,70 @@ async def test_aiohttp_client_with_compress_15_gets_the_full_run(zserver: LiveSe
         check_run(events, ack["run_id"])
 
 
-async def test_the_browser_offer_gets_compressed_event_frames_each_inflatable_alone(
-    zserver: LiveServer,
-) -> None:
+async def test_the_browser_offer_gets_batch_compressed_event_frames(zserver: LiveServer) -> None:
+    """Without ``server_no_context_takeover`` frames may refer to earlier ones of their
+    batch: the client's kept decompressor reads them all (``raw_run`` checked the run)."""
     client, frames, _ = await raw_run(zserver, CHROMIUM_OFFER)
     client.close()
     assert client.extensions is not None and "permessage-deflate" in client.extensions
+    assert not client.no_takeover
     compressed = [f for f in frames if f.rsv1]
     assert compressed, "no event frame was compressed"
-    for f in compressed:  # Frame.json inflated each with a fresh decompressor already
-        assert f.json()["type"] == "event"
+    assert all(f.json()["type"] == "event" for f in compressed)
 
 
 async def test_no_context_takeover_offers_are_accepted_and_honoured(zserver: LiveServer) -> None:
+    """With ``server_no_context_takeover`` every compressed frame inflates alone (the test
+    client uses a fresh decompressor per message then)."""
     offer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
     client, frames, _ = await raw_run(zserver, offer)
     client.close()
-    assert client.extensions is not None
-    assert "server_no_context_takeover" in client.extensions
-    assert any(f.rsv1 for f in frames)
+    assert client.no_takeover
+    compressed = [f for f in frames if f.rsv1]
+    assert compressed
+    for f in compressed:
+        assert inflate(f.payload) == f.text
+
+
+async def test_a_catch_up_page_is_compressed_as_one_stream(
+    zserver: LiveServer, http: aiohttp.ClientSession
+) -> None:
+    """A subscribe to a finished run: its events come as a catch-up page, compressed as one
+    stream (events referring back to earlier ones), read whole with a kept decompressor."""
+    run = await post_run(http, zserver, input=RUN)
+    await until_done(http, zserver, run["run_id"])
+    client = await DeflateClient.connect(zserver.host, zserver.port, CHROMIUM_OFFER)
+    client.send(type="subscribe", ref="r", conversation_id=run["conversation_id"], after=0)
+    assert (await client.recv_frame()).json()["type"] == "ack"
+    frames, events = await client.messages_until_done(run["run_id"])
+    client.close()
+    check_run(events, run["run_id"])
+    assert all(f.rsv1 for f in frames)
+    assert sum(len(f.payload) for f in frames) < sum(len(f.text) for f in frames) / 2
+
+
+async def test_library_clients_read_a_batch_compressed_catch_up_page(
+    zserver: LiveServer, http: aiohttp.ClientSession
+) -> None:
+    """The same page through ``websockets`` and aiohttp, which keep their inflate context."""
+    run = await post_run(http, zserver, input=RUN)
+    await until_done(http, zserver, run["run_id"])
+    sub = {"type": "subscribe", "ref": "r", "conversation_id": run["conversation_id"],
+           "after": 0}
+    async with connect(ws_url(zserver), compression="deflate") as ws:
+        await ws.send(json.dumps(sub))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ack"
+        events: list[dict[str, Any]] = []
+        while not events or events[-1]["type"] != "done":
+            events.append(json.loads(await asyncio.wait_for(ws.recv(), 10))["event"])
+        check_run(events, run["run_id"])
+    async with http.ws_connect(ws_url(zserver), compress=15) as aws:
+        await aws.send_json(sub)
+        assert (await aws.receive_json(timeout=10))["type"] == "ack"
+        events = []
+        while not events or events[-1]["type"] != "done":
+            events.append((await aws.receive_json(timeout=10))["event"])
+        check_run(events, run["run_id"])
 
 
 async def test_compressed_commands_with_client_context_takeover_are_read(

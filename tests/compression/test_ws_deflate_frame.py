@@ -7,7 +7,13 @@ import struct
 import zlib
 
 from app.fanout.batch import Batch, frames_of
-from protocol.codec import EncodedEvent, ws_deflate_frame, ws_deflate_payload, ws_text_frame
+from protocol.codec import (
+    EncodedEvent,
+    ws_deflate_batch,
+    ws_deflate_frame,
+    ws_deflate_payload,
+    ws_text_frame,
+)
 from tests.compression.deflate_client import inflate
 
 
@@ -88,3 +94,34 @@ def test_the_compressed_batch_view_is_built_once_and_shared() -> None:
     assert blob.count == 3 and blob.last_seq == 3
     plain = batch.blob("ws", None, 0)
     assert plain is not blob and len(blob.data) < len(plain.data)
+
+
+def test_a_batch_stream_inflates_with_a_kept_decompressor_and_is_smaller() -> None:
+    payloads = [b'{"type":"event","event":{"seq":%d,"conversation_id":"conv-1","run_id":'
+                b'"run-1","type":"token","data":{"text":"word %d"}}}' % (i, i) for i in range(20)]
+    data = ws_deflate_batch(payloads)
+    frames, rest = [], data
+    while rest:
+        n = rest[1] & 0x7F
+        assert n < 126
+        frames.append(rest[:2 + n])
+        rest = rest[2 + n:]
+    kept = zlib.decompressobj(-15)
+    got = []
+    for frame in frames:
+        first, body = parse(frame)
+        assert first == 0xC1  # every message compressed, even the first
+        got.append(kept.decompress(body + b"\x00\x00\xff\xff"))
+    assert got == payloads
+    alone = sum(len(ws_deflate_frame(p)) for p in payloads)
+    assert len(data) < alone / 2  # later events refer back to earlier ones
+
+
+def test_the_batch_view_is_shared_and_a_single_event_uses_its_cached_frame() -> None:
+    events = [event(1), event(2)]
+    batch = Batch("c1", events)
+    blob = batch.blob("ws_deflate_batch", None, 0)
+    assert blob is batch.blob("ws_deflate_batch", None, 0)
+    assert blob.count == 2
+    one = Batch("c1", [event(3)])
+    assert one.blob("ws_deflate_batch", None, 0).data is one.events[0].ws_deflate
