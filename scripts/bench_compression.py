@@ -6,7 +6,8 @@ A demo run of ``--tokens`` chunks is stored once; then ``--readers`` clients rea
 replay, first without and then with compression (SSE: ``Accept-Encoding: gzip``; WebSocket:
 a ``subscribe`` on a socket that offered ``permessage-deflate`` or not), alternated
 ``--rounds`` times, and the server's CPU (``/proc/<pid>``) and the bytes received are
-compared. Then the same live: readers attached while a run streams (the fan-out path).
+compared. Then the same live: readers attached while a run streams (the fan-out path), one
+paced (2 ms between events: about one event a batch) and one unpaced (many events a batch).
 
     python3 scripts/bench_compression.py --tokens 20000 --readers 20
     python3 scripts/bench_compression.py --transport ws
@@ -150,16 +151,20 @@ async def measure(server: Any, read: Reader, names: tuple[str, str], stored: str
     print(f"{names[1]} replay: {tokens} stored tokens, {readers} readers x {rounds} rounds, "
           f"load {load():.2f}")
     report(totals, names)
-    live: dict[bool, list[float]] = {False: [0, 0, 0.0], True: [0, 0, 0.0]}
-    for _ in range(rounds):
-        for on in (False, True):
-            run = start_run(server.url, {"text": "live", "tokens": tokens // 10, "delay_ms": 2})
-            cpu0 = server.cpu()
-            wire, events = await read(server.url, run["run_id"], readers, on)
-            add(live[on], wire, events, server.cpu() - cpu0)
-    print(f"{names[1]} live: {tokens // 10} tokens at 2 ms, {readers} readers x {rounds} "
-          f"rounds, load {load():.2f}")
-    report(live, names)
+    for count, delay, what in ((tokens // 10, 2, "one event a batch"),
+                               (tokens, 0, "readers attached while it streams: "
+                                           "many events a batch")):
+        live: dict[bool, list[float]] = {False: [0, 0, 0.0], True: [0, 0, 0.0]}
+        for _ in range(rounds):
+            for on in (False, True):
+                run = start_run(server.url, {"text": "live", "tokens": count,
+                                             "delay_ms": delay})
+                cpu0 = server.cpu()
+                wire, events = await read(server.url, run["run_id"], readers, on)
+                add(live[on], wire, events, server.cpu() - cpu0)
+        print(f"{names[1]} live ({what}): {count} tokens at {delay} ms, {readers} readers x "
+              f"{rounds} rounds, load {load():.2f}")
+        report(live, names)
 
 
 def add(t: list[float], wire: int, events: int, cpu: float) -> None:

@@ -10,12 +10,13 @@ it and the server window is the default 15 bits, the socket's subscriptions read
 compressed view of each batch, built once per batch and shared by every socket reading it,
 like the plain one (``deflate_view``). A peer that asked for ``server_no_context_takeover``
 reads ``ws_deflate``: every event compressed alone, that frame cached on the event. Every
-other peer keeps its inflate context, so it reads ``ws_deflate_batch``: a batch (or a
-catch-up page) compressed as one stream, later events referring back to earlier ones, which
-is where the ratio is. Replies and snapshots stay plain frames, which the extension allows
-per message (RSV1 unset; they never enter the peer's window). Incoming compressed messages
-are inflated by aiohttp's reader, bounded by ``max_ws_message`` (past it: close 1009,
-however small the compressed frame was).
+other peer keeps its inflate context, so it reads ``ws_deflate_batch``: a live batch
+compressed as one stream, later events referring back to earlier ones, which is where the
+ratio is. Catch-up pages are written to one reader each, so they use the cached per-event
+frames (shared by every reader) rather than a deflate of their own. Replies and snapshots
+stay plain frames, which the extension allows per message (RSV1 unset; they never enter
+the peer's window). Incoming compressed messages are inflated by aiohttp's reader, bounded
+by ``max_ws_message`` (past it: close 1009, however small the compressed frame was).
 
 Heartbeat: the sinks' shared timer wheel, not aiohttp's per-socket ``heartbeat=`` timers.
 Each heartbeat interval in which the peer sent nothing, the wire writes a ping and puts
