@@ -131,9 +131,12 @@ async def sse_reader(base: str, run_id: str, readers: int, gzip: bool) -> tuple[
 async def main(tokens: int, readers: int, rounds: int, transports: list[str]) -> None:
     with temp_workdir() as tmp, product_server(Path(tmp), "--compression", "true") as server:
         server.start()
-        run = start_run(server.url, {"text": "compression", "tokens": tokens, "delay_ms": 0})
-        wait_run(server.url, run["run_id"])
         for transport in transports:
+            # Stored just before its replay, so each transport replays from the replay cache
+            # (after the other's runs it would be read back from SQLite: another cost).
+            run = start_run(server.url, {"text": "compression", "tokens": tokens,
+                                         "delay_ms": 0})
+            wait_run(server.url, run["run_id"])
             read: Reader = sse_reader if transport == "sse" else ws_read_all
             names = ("identity", "gzip") if transport == "sse" else ("plain", "deflate")
             await measure(server, read, names, run["run_id"], tokens, readers, rounds)
