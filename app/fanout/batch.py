@@ -2,8 +2,9 @@
 
 ``Batch.blob(transport, run_id, after)`` gives the joined frames a subscriber writes; the
 first subscriber of a (transport, run filter) pays for the join, every other one gets the
-same ``bytes`` object. Compressed WebSocket sockets are their own view (``ws_deflate``): the
-batch's compressed blob is built once and shared like the plain one.
+same ``bytes`` object. Compressed WebSocket sockets are their own views (``ws_deflate``,
+``ws_deflate_batch``): the batch's compressed blob is built once and shared like the plain
+one.
 """
 
 from __future__ import annotations
