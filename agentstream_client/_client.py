@@ -25,7 +25,8 @@ class AgentstreamClient:
     ``handshake_timeout``: seconds for a connection's response headers / upgrade / ack and
     for each JSON call. ``idle_timeout``: seconds of silence (no event, no heartbeat) after
     which a stream counts as dead and is resumed; keep it above the server's
-    ``--heartbeat`` (15 s by default).
+    ``--heartbeat`` (15 s by default). ``compress``: WebSocket only, offer
+    permessage-deflate (used when the server runs with ``--compression true``).
     """
 
     def __init__(
@@ -38,12 +39,14 @@ class AgentstreamClient:
         idle_timeout: float = 45.0,
         backoff: Backoff | None = None,
         session: aiohttp.ClientSession | None = None,
+        compress: bool = False,
     ) -> None:
         if transport not in ("sse", "ws"):
             raise ValueError(f"transport must be 'sse' or 'ws', not {transport!r}")
         self._own_session = session is None
         self._session = session or aiohttp.ClientSession()
-        self.http = Http(self._session, base_url, token, handshake_timeout, idle_timeout)
+        self.http = Http(self._session, base_url, token, handshake_timeout, idle_timeout,
+                         compress)
         self.transport: Transport = (SseTransport(self.http) if transport == "sse"
                                      else WsTransport(self.http))
         self.backoff = backoff or Backoff()

@@ -56,8 +56,9 @@ class Http:
     """One aiohttp session, the base URL, the credential and the two timeouts."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None,
-                 handshake_timeout: float, idle_timeout: float) -> None:
+                 handshake_timeout: float, idle_timeout: float, compress: bool = False) -> None:
         self.session = session
+        self.compress = compress
         self.base_url = base_url.rstrip("/")
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -116,12 +117,13 @@ class Http:
     @contextlib.asynccontextmanager
     async def websocket(self) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
         """The upgrade of ``/v1/ws``. aiohttp's heartbeat pings every ``idle_timeout / 2``
-        and drops a peer that does not answer, so a dead server is found."""
+        and drops a peer that does not answer, so a dead server is found. ``compress``:
+        offer permessage-deflate (the server accepts it when run with compression on)."""
         try:
             async with asyncio.timeout(self.handshake_timeout):
                 ws = await self.session.ws_connect(
                     self.base_url + "/v1/ws", headers=self.headers,
-                    heartbeat=self.idle_timeout / 2,
+                    heartbeat=self.idle_timeout / 2, compress=15 if self.compress else 0,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self.handshake_timeout))
         except TimeoutError:
             raise HandshakeTimeout("websocket upgrade: no answer in time") from None

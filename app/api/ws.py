@@ -219,9 +219,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 async def _serve(request: web.Request, state: State, principal: Principal) -> web.StreamResponse:
     policy = state.settings.policy
     ws = web.WebSocketResponse(
-        heartbeat=policy.heartbeat,
-        max_msg_size=state.settings.max_ws_message,
-        compress=False,
+        heartbeat=None,  # ping/pong on the shared timer wheel (app/sinks/ws.py)
+        max_msg_size=state.settings.max_ws_message,  # also bounds inflated messages
+        compress=policy.compression,  # permessage-deflate if offered (app/sinks/ws.py)
         timeout=5.0,
     )
     if not ws.can_prepare(request).ok:

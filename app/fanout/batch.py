@@ -2,16 +2,23 @@
 
 ``Batch.blob(transport, run_id, after)`` gives the joined frames a subscriber writes; the
 first subscriber of a (transport, run filter) pays for the join, every other one gets the
-same ``bytes`` object.
+same ``bytes`` object. Compressed WebSocket sockets are their own views (``ws_deflate``,
+``ws_deflate_batch``): the batch's compressed blob is built once and shared like the plain
+one.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from protocol.codec import EncodedEvent
+from protocol.codec import EncodedEvent, ws_deflate_batch, ws_event_payload
 
-Transport = Literal["sse", "ws"]
+# The frames a subscriber writes: SSE, WebSocket, or WebSocket with permessage-deflate:
+# ``ws_deflate`` compresses each event alone (its frame cached on the event: for peers that
+# asked for ``server_no_context_takeover``), ``ws_deflate_batch`` compresses a live batch as
+# one stream (later events refer back to earlier ones; for every other peer). Either is
+# built once per batch view and shared by every socket reading that view.
+Transport = Literal["sse", "ws", "ws_deflate", "ws_deflate_batch"]
 
 
 class Blob:
@@ -45,7 +52,20 @@ def http_chunk(data: bytes) -> bytes:
 def frames_of(events: list[EncodedEvent], transport: Transport) -> bytes:
     if transport == "sse":
         return b"".join([e.sse for e in events])
-    return b"".join([e.ws for e in events])
+    if transport == "ws":
+        return b"".join([e.ws for e in events])
+    # Both compressed views: each event's own cached frame. A catch-up page is written to
+    # one reader, so compressing it as one stream would cost every reader its own deflate
+    # (measured: 10x the CPU of plain replay); the cached frames are shared by all readers.
+    return b"".join([e.ws_deflate for e in events])
+
+
+def view_frames(events: list[EncodedEvent], transport: Transport) -> bytes:
+    """A live batch view's frames: built once and shared by every subscriber of the view,
+    so here a ``ws_deflate_batch`` view is worth compressing as one stream."""
+    if transport == "ws_deflate_batch" and len(events) > 1:
+        return ws_deflate_batch([ws_event_payload(e.body) for e in events])
+    return frames_of(events, transport)
 
 
 def make_blob(
@@ -57,7 +77,7 @@ def make_blob(
     if types is not None:
         events = [e for e in events if e.type in types]
     done = run_id is not None and any(e.type == "done" for e in events)
-    return Blob(frames_of(events, transport), len(events), last_seq, done)
+    return Blob(view_frames(events, transport), len(events), last_seq, done)
 
 
 class Batch:

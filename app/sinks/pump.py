@@ -128,7 +128,7 @@ class Pump:
         if out.events:
             if out.folded:
                 metrics.MERGED.labels(self.sink.transport).inc(out.folded)
-            await self._timed_write(frames_of(out.events, self.sink.transport))
+            await self._timed_write(frames_of(out.events, self.sink.delivery.transport))
             self.sink.delivered_now(len(out.events))
         published = self.sink.hub.published_seq(cursor.conversation_id)
         if self.sink.delivery.page_written(cursor, out, published):

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from app.state import STATE
 from tests.conftest import LiveServer, ServerFactory, url
 from tests.helpers import check_run, eventually, post_run
+from tests.sinks.raw_ws import RawWs
 
 
 def ws_url(server: LiveServer) -> str:
@@ -260,3 +261,24 @@ async def test_shutdown_closes_websockets_1001(start_server: ServerFactory) -> N
 
 def test_websockets_version() -> None:
     assert int(websockets.__version__.split(".")[0]) >= 13
+
+
+async def test_a_peer_that_answers_pings_is_kept_across_heartbeats(
+    start_server: ServerFactory,
+) -> None:
+    """The shared wheel pings an idle socket every interval; a peer that answers (pongs
+    only, no commands) is still there after several pings."""
+    server = await start_server(heartbeat=0.5)
+    client = await RawWs.connect(server.host, server.port)
+    try:
+        pings = 0
+        while pings < 3:
+            opcode, payload = await client.recv_frame()
+            if opcode == 0x9:
+                pings += 1
+                client.writer.write(client.frame(payload, opcode=0xA))
+        client.send(type="ping", ref="still-here")
+        assert await client.recv() == {"type": "pong", "ref": "still-here"}
+        assert len(server.app[STATE].sinks) == 1
+    finally:
+        client.close()
