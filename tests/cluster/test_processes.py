@@ -88,8 +88,10 @@ async def test_runs_across_three_nodes_survive_a_sigkill(
         # Conversations owned by the victim (started on it directly), and by the others.
         doomed = [await start(http, victim.base, input={"tokens": 100_000, "delay_ms": 10})
                   for _ in range(3)]
-        survivors = [await start(http, proxy.base, input={"tokens": 40, "delay_ms": 10})
-                     for _ in range(3)]
+        # Started on the nodes that live, never through the balancer: a survivor the
+        # balancer put on the victim would end ``interrupted`` if not finished by the kill.
+        survivors = [await start(http, node.base, input={"tokens": 40, "delay_ms": 10})
+                     for node in (nodes[1], nodes[2], nodes[1])]
         streams = [asyncio.create_task(follow(http, proxy.base, r["run_id"]))
                    for r in doomed + survivors]
         await asyncio.sleep(0.5)
