@@ -21,7 +21,6 @@ import msgspec
 import structlog
 from aiohttp import WSMsgType, web
 
-from app import metrics
 from app.api.common import error_response
 from app.api.errors import ws_error
 from app.api.ws_commands import Commands, StartedRuns
@@ -121,8 +120,6 @@ class Connection:
         for run_id in self.commands.runs.cancel_on_close:
             self.state.engine.request_cancel(run_id, reason="client_disconnected")
         self.state.sinks.discard(sink)
-        if isinstance(ws.exception(), asyncio.TimeoutError):
-            metrics.PEERS_DROPPED.labels("ws", "heartbeat").inc()
         log.info("ws_closed", reason=reason, code=close_code(reason), delivered=sink.delivered)
 
     # ---- replies -----------------------------------------------------------------------
