@@ -59,16 +59,29 @@ HTTP_EXCEPTION_CODES = {
 
 
 @web.middleware
-async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id for every log line; log one access line without the query string
-    (it may carry a token)."""
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request: a request id bound for every log line and one access line without
+    the query string (it may carry a token); the caller resolved (``_authenticate``); every
+    non-2xx as ``{"error": {code, message}}`` (``_error_response``).
+
+    One middleware, not three: an idle SSE stream keeps the whole chain suspended, and each
+    middleware was one more coroutine frame per open connection (issue 13, P3)."""
     structlog.contextvars.clear_contextvars()
     rid = request.headers.get("X-Request-ID", "")[:64] or "q" + secrets.token_hex(6)
     structlog.contextvars.bind_contextvars(request_id=rid)
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            _authenticate(request)
+            response = await handler(request)
+        except (AgentstreamError, web.HTTPException) as exc:
+            response = _error_response(request, exc)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("unhandled_error")
+            response = _error(request, 500, "internal_error", "internal error")
         status = response.status
         return response
     except web.HTTPException as exc:
@@ -79,8 +92,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
                  ms=round((time.perf_counter() - started) * 1000, 1))
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _authenticate(request: web.Request) -> None:
     """Resolve the caller for every API path; health and metrics stay open. A caller that
     authenticated with the cookie and changes state (or opens a WebSocket) must come from an
     allowed origin (``app.auth.origin``: CSRF and cross-site WebSocket hijacking)."""
@@ -93,35 +105,26 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             check_cookie_origin(request, allowed_origins(st.settings.cors_origins))
         elif source == "none":
             check_browser_origin(request, allowed_origins(st.settings.cors_origins))
-    return await handler(request)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every non-2xx is ``{"error": {code, message}}`` (on the OpenAI-compatible paths,
-    OpenAI's error shape, so its SDKs raise the right class also for auth and limits); a
-    bug is a logged 500, no trace out."""
-    try:
-        return await handler(request)
-    except AgentstreamError as exc:
+def _error_response(
+    request: web.Request, exc: AgentstreamError | web.HTTPException
+) -> web.StreamResponse:
+    """Our errors and aiohttp's own refusals (a GET of /v1/ws without an upgrade, a CORS
+    preflight from an origin not on the list, ...) with a code; on the OpenAI-compatible
+    paths, OpenAI's error shape, so its SDKs raise the right class also for auth and
+    limits. A redirect (an HTTPException under 400) goes on as raised."""
+    if isinstance(exc, AgentstreamError):
         return _error(request, http_status(exc), exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        # aiohttp's own refusals (a GET of /v1/ws without an upgrade, a CORS preflight from
-        # an origin not on the list, ...) get a code too.
-        code = HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
-        text = exc.text or ""
-        message = text if text and not text.startswith(f"{exc.status}:") else exc.reason
-        response = _error(request, exc.status, code, message[:300])
-        if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except (asyncio.CancelledError, ConnectionError):
-        raise
-    except Exception:
-        log.exception("unhandled_error")
-        return _error(request, 500, "internal_error", "internal error")
+    if exc.status < 400:
+        raise exc
+    code = HTTP_EXCEPTION_CODES.get(exc.status, "http_error")
+    text = exc.text or ""
+    message = text if text and not text.startswith(f"{exc.status}:") else exc.reason
+    response = _error(request, exc.status, code, message[:300])
+    if "Allow" in exc.headers:  # a 405 must say what is allowed (RFC 9110)
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
 
 
 def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
@@ -164,8 +167,35 @@ def create_app(
     store: EventStore | None = None,
     agents: AgentRegistry | None = None,
 ) -> web.Application:
+    """The whole service: its state (``build_state``), routes, and start/stop steps."""
     settings = settings or Settings()
     settings.validate()
+    state, cluster = build_state(settings, store, agents)
+    app = web.Application(
+        middlewares=[request_middleware],
+        client_max_size=settings.max_body,
+        # Request bodies arrive as sent: read_body refuses any Content-Encoding with 415
+        # (aiohttp would inflate gzip unbounded, and answer br/zstd in plain text).
+        handler_args={"auto_decompress": False},
+    )
+    app[STATE] = state
+    if cluster is not None:
+        app[CLUSTER] = cluster
+    _add_routes(app, settings)
+    app[SCHEDULER] = Scheduler(schedule_store(state.store), state.engine,
+                               min_interval=settings.schedule_min_interval)
+    app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(scheduler_ctx)  # starts after, stops before, the engine's step
+    setup_webhooks(app, settings, state.engine)  # its delivery step too
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+def build_state(
+    settings: Settings, store: EventStore | None, agents: AgentRegistry | None
+) -> tuple[State, ClusterNode | None]:
+    """The store, hub, engine, auth and limits one process shares; in cluster mode (a
+    bus) also the node that joins it to the others."""
     store = store or open_store(settings)
     store.batch_observer = observe_store_batch
     hub = Hub(settings.replay_cache_bytes)
@@ -185,7 +215,16 @@ def create_app(
     )
     if cluster is not None:
         cluster.attach(engine)
-    auth = Authenticator(
+    state = State(
+        settings, store, hub, agents, engine, _authenticator(settings),
+        ConnectionLimiter(settings.max_connections_per_user),
+        RunRateLimiter(settings.runs_per_minute),
+    )
+    return state, cluster
+
+
+def _authenticator(settings: Settings) -> Authenticator:
+    return Authenticator(
         settings.auth,
         api_keys=settings.api_keys,
         api_keys_file=settings.api_keys_file,
@@ -195,22 +234,10 @@ def create_app(
         stream_token_secret=settings.stream_token_secret,
         stream_token_ttl=settings.stream_token_ttl,
     )
-    state = State(
-        settings, store, hub, agents, engine, auth,
-        ConnectionLimiter(settings.max_connections_per_user),
-        RunRateLimiter(settings.runs_per_minute),
-    )
 
-    app = web.Application(
-        middlewares=[context_middleware, error_middleware, auth_middleware],
-        client_max_size=settings.max_body,
-        # Request bodies arrive as sent: read_body refuses any Content-Encoding with 415
-        # (aiohttp would inflate gzip unbounded, and answer br/zstd in plain text).
-        handler_args={"auto_decompress": False},
-    )
-    app[STATE] = state
-    if cluster is not None:
-        app[CLUSTER] = cluster
+
+def _add_routes(app: web.Application, settings: Settings) -> None:
+    """Every route, in the order aiohttp matches them (static last)."""
     app.add_routes(http.routes)
     app.add_routes(history.routes)
     app.add_routes(metrics_api.routes)
@@ -222,13 +249,6 @@ def create_app(
     setup_cors(app, settings.cors_origin_list, settings.cors_credentials)
     app.add_routes(schedules.routes)
     add_static_routes(app, settings.demo_page)
-    app[SCHEDULER] = Scheduler(schedule_store(store), engine,
-                               min_interval=settings.schedule_min_interval)
-    app.cleanup_ctx.append(_lifecycle)
-    app.cleanup_ctx.append(scheduler_ctx)  # starts after, stops before, the engine's step
-    setup_webhooks(app, settings, engine)  # its delivery step too
-    app.on_shutdown.append(_on_shutdown)
-    return app
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:

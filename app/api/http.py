@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Coroutine
+from typing import Any, NamedTuple
 
 import msgspec
 import structlog
@@ -27,8 +27,10 @@ from app.api.webhooks import check_webhook
 from app.auth.access import conversation_for, principal_of, require_write, run_for
 from app.auth.authenticator import Principal
 from app.engine.engine import Engine
+from app.engine.starts import Started
 from app.errors import shutting_down
 from app.ids import public
+from app.sinks.base import Sink
 from app.sinks.sse import SSE_CONTENT_TYPE, SseResponse, SseSink, open_sse, serve_sink
 from app.state import STATE, State, connection_id
 from protocol.messages import (
@@ -69,33 +71,55 @@ async def start_run(request: web.Request) -> web.StreamResponse:
     # told 429/503 must be able to trust that nothing is running.
     key = idempotency_key(request)
     position = parse_last_event_id(request)  # checked even when unused: never ignored
-    with _stream_slot(st, principal) if sse else contextlib.nullcontext():
+    if sse:
+        _take_slot(st, principal)
+    try:
         st.run_limiter.check(principal.user)
         started = await st.engine.start(body, owner=principal.owner,
                                         admin=principal.admin, idempotency_key=key)
-        record = started.record
-        structlog.contextvars.bind_contextvars(
-            run_id=record.run_id, conversation_id=record.conversation_id
+    except BaseException:
+        if sse:
+            st.connections.release(principal.user)
+        raise
+    record = started.record
+    structlog.contextvars.bind_contextvars(
+        run_id=record.run_id, conversation_id=record.conversation_id
+    )
+    if not sse:
+        return json_response(
+            StartRunResponse(record.run_id, public(record.conversation_id), record.status,
+                             _events_url(record.run_id), started.replayed),
+            status=202,
         )
-        if not sse:
-            return json_response(
-                StartRunResponse(record.run_id, public(record.conversation_id), record.status,
-                                 _events_url(record.run_id), started.replayed),
-                status=202,
-            )
+    opened = await _open_started(request, st, principal, started, position)
+    if opened.pump is not None:
+        await opened.pump  # the idle stack: this frame and the pump's (issue 13)
+    return opened.response
+
+
+async def _open_started(request: web.Request, st: State, principal: Principal,
+                        started: Started, position: int) -> Opened:
+    """The stream of a run just started (or of the run a retried POST started): from its
+    first event, or where the client's stream stopped. Holds the caller's slot."""
+    record = started.record
+    types = parse_types(request.query.get("types"))
+    try:
         if started.replayed:
             # A retried POST (or an answer): resume where the client's stream stopped.
             target = await resolve(
                 st.engine, principal, shutting=st.shutting_down, run_id=record.run_id,
-                after=max(position, started.after),
-                types=parse_types(request.query.get("types")))
+                after=max(position, started.after), types=types)
             if target.finished:
-                return web.Response(status=204)
+                st.connections.release(principal.user)
+                return Opened(web.Response(status=204), None)
         else:
             target = start_target(record.conversation_id, record.run_id, record.first_seq,
-                                  types=parse_types(request.query.get("types")))
-        return await _stream(request, st, target,
-                             cancel_on_disconnect=record.on_disconnect == "cancel")
+                                  types=types)
+    except BaseException:
+        st.connections.release(principal.user)
+        raise
+    return await _open_stream(request, st, principal, target,
+                              cancel_on_disconnect=record.on_disconnect == "cancel")
 
 
 @routes.get("/v1/runs/{run_id}")
@@ -127,7 +151,9 @@ async def conversation_events(request: web.Request) -> web.StreamResponse:
 
 async def _serve_target(request: web.Request, *, run_id: str | None = None,
                         conversation_id: str | None = None) -> web.StreamResponse:
-    """Both SSE GETs: resolve the target (targets.py, shared with WebSocket), then stream."""
+    """Both SSE GETs: resolve the target (targets.py, shared with WebSocket), then stream.
+    The handler's tail call: its frame is the only one between the middleware and the
+    sink's pump while the stream is idle."""
     st = _state(request)
     principal = principal_of(request)
     target = await resolve(
@@ -137,8 +163,11 @@ async def _serve_target(request: web.Request, *, run_id: str | None = None,
     if target.finished:
         # The browser saw ``done``: 204 makes EventSource stop reconnecting.
         return web.Response(status=204)
-    with _stream_slot(st, principal):
-        return await _stream(request, st, target)
+    _take_slot(st, principal)
+    opened = await _open_stream(request, st, principal, target)
+    if opened.pump is not None:
+        await opened.pump
+    return opened.response
 
 
 @routes.post("/v1/conversations/{conversation_id}/stream-token")
@@ -153,17 +182,22 @@ async def stream_token(request: web.Request) -> web.Response:
     return json_response(StreamToken(token, expires, cid), status=201)
 
 
-@contextlib.contextmanager
-def _stream_slot(st: State, principal: Principal) -> Iterator[None]:
+def _take_slot(st: State, principal: Principal) -> None:
     """Refuse a stream the server cannot serve (503 shutting down, 429 too many per user),
-    else hold one of the user's connection slots for the block."""
+    else take one of the user's connection slots. Whoever takes it gives it back: the
+    stream's ``on_stopped`` once it is served, the opener on any earlier exit. Not a
+    context manager: its generator would be one more object per idle stream."""
     if st.shutting_down:
         raise shutting_down()
     st.connections.acquire(principal.user)
-    try:
-        yield
-    finally:
-        st.connections.release(principal.user)
+
+
+class Opened(NamedTuple):
+    """An opened SSE stream: its response, and the sink's pump for the handler to await
+    (None when the stream is already complete)."""
+
+    response: web.StreamResponse
+    pump: Coroutine[Any, Any, None] | None
 
 
 def _head_response() -> web.Response:
@@ -174,49 +208,69 @@ def _head_response() -> web.Response:
     return response
 
 
-async def _stream(
+async def _open_stream(
     request: web.Request,
     st: State,
+    principal: Principal,
     target: StreamTarget,
     cancel_on_disconnect: bool = False,
-) -> web.StreamResponse:
-    """Serve one SSE stream until it ends; the caller holds a ``_stream_slot``."""
-    if request.method == "HEAD":
-        return _head_response()
-    cid = connection_id()
-    run_id = target.run_id
-    structlog.contextvars.bind_contextvars(connection_id=cid,
-                                           conversation_id=target.conversation_id)
-    snap = await maybe_snapshot(st.engine, target)
-    response = await open_sse(request, st.settings.policy)
-    if snap.events:
-        await response.write(b"".join([e.sse for e in snap.events]))
-    if snap.ended:
-        return response  # the run's done was in the snapshot: the stream is complete
-    sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
-    sink.subscribe(target.conversation_id, after=snap.after, run_id=run_id,
-                   ends_on_done=run_id is not None, types=target.types)
-    await serve_registered(st, sink, run_id if cancel_on_disconnect else None, "sse_closed")
-    return response
-
-
-async def serve_registered(st: State, sink: SseSink, cancel_run: str | None,
-                           closed_event: str) -> None:
-    """Serve an SSE sink while it is registered for shutdown (``st.sinks``); if the peer
-    went away (disconnected, or stalled past write_timeout) cancel ``cancel_run`` (the
-    run's ``on_disconnect: cancel``). Shared by the native and the compat streams."""
-    st.sinks.add(sink)
+) -> Opened:
+    """Open one SSE stream; the caller holds a connection slot (``_take_slot``), which
+    goes back when the stream has been served, or here when it never gets that far."""
     try:
-        await serve_sink(sink)
-    except asyncio.CancelledError:
-        # With handler_cancellation on, aiohttp cancels us when the client goes.
-        sink.close("disconnected")
+        if request.method == "HEAD":
+            st.connections.release(principal.user)
+            return Opened(_head_response(), None)
+        cid = connection_id()
+        run_id = target.run_id
+        structlog.contextvars.bind_contextvars(connection_id=cid,
+                                               conversation_id=target.conversation_id)
+        snap = await maybe_snapshot(st.engine, target)
+        response = await open_sse(request, st.settings.policy)
+        if snap.events:
+            await response.write(b"".join([e.sse for e in snap.events]))
+        if snap.ended:
+            st.connections.release(principal.user)
+            return Opened(response, None)  # the run's done was in the snapshot
+        sink = SseSink(response, st.hub, st.store, st.settings.policy, cid)
+        sink.subscribe(target.conversation_id, after=snap.after, run_id=run_id,
+                       ends_on_done=run_id is not None, types=target.types)
+    except BaseException:
+        st.connections.release(principal.user)
         raise
-    finally:
-        st.sinks.discard(sink)
-        if cancel_run is not None and sink.peer_lost:
-            st.engine.request_cancel(cancel_run, reason="client_disconnected")
-        log.info(closed_event, reason=sink.close_reason, delivered=sink.delivered)
+    pump = serve_registered(st, sink, run_id if cancel_on_disconnect else None, "sse_closed",
+                            slot_user=principal.user)
+    return Opened(response, pump)
+
+
+def serve_registered(st: State, sink: SseSink, cancel_run: str | None, closed_event: str,
+                     slot_user: str | None = None) -> Coroutine[Any, Any, None]:
+    """Register an SSE sink for shutdown (``st.sinks``) and hand back its pump for the
+    handler to await. When the pump ends (``Sink.on_stopped``): unregister; if the peer
+    went away (disconnected, or stalled past write_timeout) cancel ``cancel_run`` (the
+    run's ``on_disconnect: cancel``); give back ``slot_user``'s connection slot. Shared
+    by the native and the compat streams.
+
+    Not ``async`` and no closure: the clean-up is a ``partial`` on the sink, so an idle
+    stream holds no try/finally frame of its own (issue 13, P3)."""
+    st.sinks.add(sink)
+    sink.on_stopped = functools.partial(_stream_stopped, st, cancel_run, closed_event,
+                                        slot_user)
+    return serve_sink(sink)
+
+
+def _stream_stopped(st: State, cancel_run: str | None, closed_event: str,
+                    slot_user: str | None, sink: Sink) -> None:
+    if sink.close_reason is None:
+        # Ended without a reason: cancelled, i.e. aiohttp's handler cancellation (the client
+        # went away).
+        sink.close("disconnected")
+    st.sinks.discard(sink)
+    if slot_user is not None:
+        st.connections.release(slot_user)
+    if cancel_run is not None and sink.peer_lost:
+        st.engine.request_cancel(cancel_run, reason="client_disconnected")
+    log.info(closed_event, reason=sink.close_reason, delivered=sink.delivered)
 
 
 @routes.post("/v1/runs/{run_id}/input")

@@ -55,7 +55,7 @@ class Sink:
     __slots__ = (
         "_deadlines", "_last_delivery", "_overflows", "_tally", "_wheel", "close_reason",
         "closed", "connection_id", "delivered", "delivery", "ending", "hub", "on_finished",
-        "policy", "store", "transport", "wake", "wire", "writer",
+        "on_stopped", "policy", "store", "transport", "wake", "wire", "writer",
     )
 
     def __init__(
@@ -73,6 +73,10 @@ class Sink:
         # Called when a subscription ends with its run's ``done`` (SSE: the response ends;
         # WebSocket: the connection forgets the run).
         self.on_finished: Callable[[Cursor], None] | None = None
+        # Called last when the writer task ends, on every path (cancelled too): the
+        # handler's clean-up, so the handler awaits ``run()`` directly and an idle stream
+        # holds no frame of its own for a try/finally (api/http.py ``serve_registered``).
+        self.on_stopped: Callable[[Sink], None] | None = None
         # Shared with the writer task (pump.py): its wake-up, its state, a goodbye to say
         # ("max_lifetime" at once, "shutdown" once everything is written).
         self.wake = Wake()
@@ -283,11 +287,15 @@ class Sink:
         timers.schedule(self, self._deadlines.next(self._last_delivery))
 
     def stopped(self) -> None:
-        """The writer task ends, on every path: leave the hub and the wheel."""
+        """The writer task ends, on every path: leave the hub and the wheel, then tell
+        ``on_stopped``."""
         self.release()
         if self._wheel is not None:
             self._wheel.cancel(self)
         metrics.CONNECTIONS.labels(self.transport).dec()
+        if self.on_stopped is not None:
+            on_stopped, self.on_stopped = self.on_stopped, None
+            on_stopped(self)
 
     def delivered_now(self, count: int) -> None:
         """``count`` events reached the transport: a plain-int tally and the wheel's coarse
