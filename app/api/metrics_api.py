@@ -17,8 +17,8 @@ async def scrape(request: web.Request) -> web.Response:
     depth = {"sse": 0, "ws": 0}
     lagging = {"sse": 0, "ws": 0}
     for sink in st.sinks:
-        depth[sink.transport] += sink.queued_events
-        lagging[sink.transport] += sum(1 for s in sink.subs.values() if s.lagging)
+        depth[sink.transport] += sink.delivery.queue.events
+        lagging[sink.transport] += sum(1 for s in sink.delivery.cursors.values() if s.lagging)
     for transport in depth:
         metrics.QUEUE_DEPTH.labels(transport).set(depth[transport])
         metrics.LAGGING.labels(transport).set(lagging[transport])

@@ -98,15 +98,6 @@ class Sink:
         return log.bind(connection_id=self.connection_id, transport=self.transport)
 
     @property
-    def subs(self) -> dict[Key, Cursor]:
-        """The open subscriptions by key (``/metrics`` counts the lagging ones)."""
-        return self.delivery.cursors
-
-    @property
-    def queued_events(self) -> int:
-        return self.delivery.queue.events
-
-    @property
     def peer_lost(self) -> bool:
         """The client is gone or stopped reading (``disconnected`` or ``write_timeout``),
         as opposed to a close by policy (``done``, ``max_lifetime``, ``shutdown``...):

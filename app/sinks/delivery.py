@@ -66,6 +66,10 @@ class SendQueue:
         self.items.append(Item(cursor, blob))
         return True
 
+    def fits(self, blob: Blob) -> bool:
+        """``blob`` alone is within this queue's bounds (events and bytes)."""
+        return blob.count <= self.max_events and len(blob.data) <= self.max_bytes
+
     def take(self) -> list[Item]:
         items = self.items
         self.items = []
@@ -136,7 +140,10 @@ class Delivery:
     def offer(self, cursor: Cursor, batch: Batch, direct: bool) -> Blob | None:
         """A live batch for ``cursor``. Returns the blob to write right now when ``direct``
         (the writer is parked) and nothing is queued, so order is kept; else queues it (or
-        overflows) and returns None."""
+        overflows) and returns None. A blob over the queue's own bound is never written
+        directly: one huge committed batch (``store_batch`` is large) would otherwise sit
+        whole in the transport's buffer of a reader that stopped reading, outside every
+        bound; it overflows instead, and the reader catches up page by page."""
         blob = cursor.take_live(batch, self.transport)
         if blob is None:
             return None
@@ -144,7 +151,7 @@ class Delivery:
             if not self.queue.items:
                 cursor.scanned_past(blob.last_seq)  # nothing of ours pending: skip ahead
             return None
-        if direct and not self.queue.items:
+        if direct and not self.queue.items and self.queue.fits(blob):
             return blob
         self.enqueue(cursor, blob)
         return None

@@ -19,6 +19,10 @@ from tests.conftest import LiveServer, ServerFactory
 from tests.helpers import eventually, post_run
 from tests.sinks.raw_ws import RawWs
 
+# Many committed batches, so live events queue behind a stalled socket: with one batch the
+# size of the whole flood, it would be one direct write and nothing would ever queue.
+STORE_BATCH = 500
+
 
 async def backed_up_subscriber(
     server: LiveServer, http: aiohttp.ClientSession
@@ -46,7 +50,7 @@ async def backed_up_subscriber(
     flood = await post_run(http, server, conversation_id=conversation,
                             input={"tokens": 20_000, "delay_ms": 0, "reasoning": False,
                                    "tool_call": False})
-    await eventually(lambda: sink.queued_events > 500)
+    await eventually(lambda: sink.delivery.queue.events > 500)
     return ws, sink, flood, seqs[-1]
 
 
@@ -62,7 +66,8 @@ async def read_until(ws: RawWs, pred: Any) -> list[dict[str, Any]]:
 async def test_unsubscribe_drops_queued_stale_events(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_server(heartbeat=60, write_timeout=60, queue_events=10_000_000,
+    server = await start_server(heartbeat=60, write_timeout=60, store_batch=STORE_BATCH,
+                                queue_events=10_000_000,
                                 queue_bytes=1024 * 1024 * 1024)
     ws, sink, flood, _ = await backed_up_subscriber(server, http)
     try:
@@ -73,7 +78,7 @@ async def test_unsubscribe_drops_queued_stale_events(
         after = await read_until(ws, lambda f: f["type"] == "pong")
         stale = [f["event"]["seq"] for f in after if f["type"] == "event"]
         assert stale == [], f"{len(stale)} events written after the unsubscribe ack"
-        assert not sink.subs and sink.queued_events == 0
+        assert not sink.delivery.cursors and sink.delivery.queue.events == 0
         seqs = [f["event"]["seq"] for f in before if f["type"] == "event"]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "in order, no gap before"
     finally:
@@ -83,7 +88,8 @@ async def test_unsubscribe_drops_queued_stale_events(
 async def test_resubscribe_after_does_not_replay_stale_queued_events(
     start_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
-    server = await start_server(heartbeat=60, write_timeout=60, queue_events=10_000_000,
+    server = await start_server(heartbeat=60, write_timeout=60, store_batch=STORE_BATCH,
+                                queue_events=10_000_000,
                                 queue_bytes=1024 * 1024 * 1024)
     ws, _sink, flood, last_read = await backed_up_subscriber(server, http)
     try:

@@ -164,6 +164,23 @@ def test_overflow_drops_the_queue_catches_up_merged_then_goes_live() -> None:
     assert covered(bytes(world.out)) == list(range(1, 13))
 
 
+def test_a_batch_over_the_queue_bound_is_never_written_directly() -> None:
+    """One committed batch can be larger than a sink's queue (``store_batch`` is large):
+    written directly it would sit whole in the transport buffer of a reader that stopped
+    reading, outside every bound. It overflows instead, and the reader catches up in pages."""
+    world = World(queue_events=5)
+    cursor, _ = world.delivery.subscribe(CONV, None, 0, False)
+    world.catch_up()
+    world.chunks(5, direct=True)  # exactly the bound: written at once
+    assert cursor.written_seq == 5 and world.delivery.overflows == 0
+    world.chunks(6, direct=True)  # over it: not written, the cursor falls behind
+    assert world.delivery.overflows == 1 and cursor.phase is Phase.OVERFLOWED
+    assert covered(bytes(world.out)) == list(range(1, 6))
+    world.catch_up(limit=2)
+    assert cursor.phase is Phase.LIVE
+    assert covered(bytes(world.out)) == list(range(1, 12))
+
+
 def test_a_plain_resume_and_shared_cache_pages_never_merge() -> None:
     world = World()
     world.chunks(6)
