@@ -134,11 +134,11 @@ class Settings(msgspec.Struct, kw_only=True):
         self._validate_cluster()
         if self.store_batch < 1:
             raise ValueError("store_batch must be >= 1")
-        # No tie between store_batch and queue_events: a committed batch reaches a parked
-        # (keeping-up) sink as one direct write whatever its size (sinks/base.py ``offer``);
-        # the queue bound only applies to a sink already draining a backlog, which catches
-        # up from the replay cache or the store when it overflows. The hub also groups what
-        # one flush hands a sink per conversation (fanout/hub.py).
+        # No tie between store_batch and queue_events: a committed batch within a sink's
+        # queue bound reaches a parked (keeping-up) sink as one direct write; a larger one
+        # overflows it (sinks/delivery.py ``SendQueue.fits``), and the sink catches up page
+        # by page from the replay cache or the store, so a stalled reader never holds more
+        # than its bound. The hub groups what one flush hands a sink per conversation.
 
     def _validate_cluster(self) -> None:
         if self.store and not self.store.startswith(("postgresql://", "postgres://")):
