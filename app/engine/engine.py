@@ -190,11 +190,12 @@ class Engine:
         return True, run.visible
 
     def request_cancel(self, run_id: str, reason: str) -> bool:
-        """Synchronous cancel for cleanup paths; False if the run is not active here (a
-        queued run is left queued: it has no client to lose yet; in a cluster the cancel is
-        then forwarded in the background to the run's node)."""
+        """Synchronous cancel for cleanup paths (a client gone with ``on_disconnect:
+        cancel``). A run queued here (multitask ``enqueue``) is ended before it starts, and
+        in a cluster a run not here is cancelled on its node: both in the background, owned
+        by the engine. False if the run is not active here."""
         if run_id not in self.runs.active:
-            if self.clustered:
+            if self.clustered or self.starts.queued(run_id) is not None:
                 task = asyncio.create_task(self._cancel_quietly(run_id, reason))
                 self._forwards.add(task)
                 task.add_done_callback(self._forwards.discard)
@@ -207,7 +208,7 @@ class Engine:
             async with asyncio.timeout(self.runs.ack_timeout):
                 await self.cancel(run_id, reason)
         except (AgentstreamError, TimeoutError) as exc:
-            log.warning("forwarded_cancel_failed", run_id=run_id, error=str(exc))
+            log.warning("background_cancel_failed", run_id=run_id, error=str(exc))
 
     # ---- reads --------------------------------------------------------------------------
 

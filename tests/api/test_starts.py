@@ -221,6 +221,32 @@ async def test_a_queued_run_cancelled_ends_with_one_done(
     assert done_of(events) == {"status": "cancelled", "events": 1}
 
 
+async def test_a_queued_run_whose_streaming_client_leaves_is_cancelled(
+    server: LiveServer, http: aiohttp.ClientSession
+) -> None:
+    """``on_disconnect: cancel`` holds before the run starts: a tab closed while its run
+    waits in the queue does not leave that run to start later for nobody."""
+    _, a = await post(http, server, asking("qd"))
+    await until_status(http, server, a["run_id"], "waiting_input")
+    body = quick("qd", multitask="enqueue", on_disconnect="cancel")
+    async with http.post(url(server, "/v1/runs"), json=body, headers=SSE) as stream:
+        assert stream.status == 200
+        _, listed = await get(http, server, "/v1/runs", conversation_id="qd")
+        (queued,) = [r for r in listed["runs"] if r["run_id"] != a["run_id"]]
+        assert queued["status"] == "queued"
+    run_id = queued["run_id"]  # the client is gone: the queued run ends before it starts
+    run = await until_done(http, server, run_id)
+    assert run["status"] == "cancelled"
+    # the active run was not touched: it still waits for its answer
+    assert (await until_status(http, server, a["run_id"], "waiting_input")).get("done_seq") is None
+    async with http.post(url(server, f"/v1/runs/{a['run_id']}/cancel"), json={}) as r:
+        assert r.status in (200, 202)  # 202: the cancel is durable, the run still ending
+    await until_done(http, server, a["run_id"])
+    events = await conversation_events(http, server, "qd")
+    check_stream(events)
+    assert [e["type"] for e in by_run(events)[run_id]] == ["done"]
+
+
 async def test_the_queue_is_bounded(server: LiveServer, http: aiohttp.ClientSession) -> None:
     _, a = await post(http, server, asking("qf"))
     await until_status(http, server, a["run_id"], "waiting_input")
