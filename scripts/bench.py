@@ -81,6 +81,8 @@ class Ctx:
     log: Callable[[str], None]
     # Extra ``python -m app`` flags for every product server (``--server-flags``).
     flags: tuple[str, ...] = ()
+    # P7's run counts (``--p7-runs``); empty: the default sizes.
+    p7_runs: tuple[int, ...] = ()
 
     def size(self, full: Any, quick: Any) -> Any:
         return quick if self.quick else full
@@ -721,7 +723,7 @@ def p7(ctx: Ctx) -> list[Row]:
     tokens, rate = ctx.size((200, 100), (50, 100))
     delay_ms = 1000 / rate
     rows: list[Row] = []
-    for m in ctx.size([100, 300, 1000], [20, 60]):
+    for m in ctx.p7_runs or ctx.size([100, 300, 1000], [20, 60]):
         label = f"P7 {m} runs x {tokens} tokens @ {rate} ev/s, 1 SSE each"
         ctx.log(f"{label}: agentstream (load {load_avg()})")
         with ctx.product() as server:
@@ -787,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--server-flags", default="",
                    help='extra flags for every agentstream server, e.g. "--store-batch 10000"')
+    p.add_argument("--p7-runs", default="",
+                   help="comma list of P7's run counts (default 100,300,1000), e.g. 1000")
     args = p.parse_args(argv)
     names = list(SCENARIOS)
     if args.only:
@@ -806,7 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="agentstream-bench-") as tmp:
         ctx = Ctx(Path(tmp), args.quick, args.client_procs, log,
-                  tuple(shlex.split(args.server_flags)))
+                  tuple(shlex.split(args.server_flags)),
+                  tuple(int(m) for m in args.p7_runs.split(",") if m.strip()))
         by_name: dict[str, list[Row]] = {}
         # The in-process store bench first, on a quiet disk; 10,000 sockets last.
         for name in sorted(names, key=RUN_ORDER.index):
