@@ -8,6 +8,7 @@ open or create it, e.g. a read-only or missing directory). Only then does recove
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import socket
@@ -87,13 +88,31 @@ def _listen(settings: Settings) -> socket.socket | int:
     return sock
 
 
+def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """The loop to serve on. uvloop (libuv, a maintained drop-in that aiohttp supports) cuts
+    the loop's own share of each event (call_soon, socket writes, timers): the many-runs
+    bench measured ~20 % less CPU per event. ``auto`` falls back to the standard loop where
+    uvloop is not installed (it has no Windows build); ``uvloop`` insists on it."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def _serve(app: web.Application, settings: Settings, sock: socket.socket) -> int:
     """Serve on the bound socket until a signal; opening the store (exit 5) happens in the
     app's startup, after the lock."""
     log = structlog.get_logger("app")
     port = sock.getsockname()[1]
     address = f"http://{settings.host}:{port}"
-    log.info(f"listening on {address}", url=address, db=settings.db)
+    loop = new_event_loop(settings.event_loop)
+    log.info(f"listening on {address}", url=address, db=settings.db,
+             event_loop=type(loop).__module__.split(".")[0])
     # Everything made so far (modules, the app, its routes) lives as long as the process:
     # out of the cyclic collector's sight, a full collection walks only what runs create.
     gc.freeze()
@@ -105,6 +124,7 @@ def _serve(app: web.Application, settings: Settings, sock: socket.socket) -> int
             print=None,
             shutdown_timeout=settings.shutdown_grace,
             handle_signals=True,
+            loop=loop,
         )
     except (StoreLocked, StoreUnavailable) as exc:
         return _store_failed(exc)

@@ -24,6 +24,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # auto: human-readable when stderr is a terminal, JSON lines otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "info"
+    # The asyncio event loop: uvloop (libuv; ~20 % less server CPU per event in the
+    # many-runs bench) when installed, else the standard one; ``asyncio`` forces the latter.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     # Seconds a require_user_input waits when the agent gave no deadline.
     input_timeout: float = 300.0
     # Longest a run may take before it ends ``failed {run_timeout}``.
@@ -174,6 +177,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "db": ("SQLite file (':memory:' for none)", str),
     "log_format": ("auto (console on a terminal, else json), json or console", str),
     "log_level": ("debug, info, warning, error", str),
+    "event_loop": ("auto (uvloop when installed), uvloop or asyncio", str),
     "input_timeout": ("default seconds a require_user_input waits", float),
     "run_timeout": ("seconds before a run fails with run_timeout", float),
     "shutdown_grace": ("seconds to drain on SIGTERM", float),
