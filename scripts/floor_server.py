@@ -188,13 +188,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db", required=True)
+    parser.add_argument("--uvloop", action="store_true",
+                        help="serve on uvloop, as agentstream does by default")
     args = parser.parse_args()
     floor = Floor(args.db)
     app = web.Application()
     app.cleanup_ctx.append(floor.start)
     app.router.add_post("/v1/runs", floor.run)
     app.router.add_get("/healthz", floor.healthz)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    loop = None
+    if args.uvloop:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

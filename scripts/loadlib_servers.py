@@ -108,11 +108,11 @@ def baseline_server(workdir: Path, *flags: str, name: str = "baseline") -> Serve
     return ServerProc(name, argv, port, workdir / f"{name}-{port}.log")
 
 
-def floor_server(workdir: Path, name: str = "floor") -> ServerProc:
+def floor_server(workdir: Path, *flags: str, name: str = "floor") -> ServerProc:
     """``scripts/floor_server.py``: the lean many-runs floor, with its own SQLite file."""
     port = free_port()
     argv = [sys.executable, str(SCRIPTS / "floor_server.py"), "--port", str(port),
-            "--db", str(workdir / f"{name}-{port}.db")]
+            "--db", str(workdir / f"{name}-{port}.db"), *flags]
     return ServerProc(name, argv, port, workdir / f"{name}-{port}.log")
 
 
