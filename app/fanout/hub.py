@@ -47,6 +47,15 @@ COALESCE_MAX = 0.025
 # the sinks' default queue bound (10,000), so one flush's batch fits a busy sink's queue.
 MAX_PENDING_EVENTS = 8_000
 
+# Most events in one ``Batch``: a conversation's share of a flush is cut into batches of at
+# most this many. Why: one commit can hold ``store_batch`` (20,000) events of a single run,
+# and a sink never writes a batch over its own queue bound directly (a reader that stops
+# would hold it whole in its transport buffer), so an uncut 20,000-event batch overflowed
+# every subscriber of a fast run into catch-up paging (P1 on uvloop: 100 of 100 sinks).
+# Cut, a reader that keeps up takes piece after piece directly, and a stalled one holds at
+# most one piece beyond its bound.
+MAX_BATCH_EVENTS = 4_096
+
 
 class Subscriber(Protocol):
     """What the hub delivers to: called synchronously, in commit order, once per batch."""
@@ -176,7 +185,12 @@ class Hub:
         self._pending, self._pending_events = [], 0
         started = time.perf_counter()
         for events in by_conversation(chunks):
-            self._publish_batch(Batch(events[0].conversation_id, events))
+            if len(events) <= MAX_BATCH_EVENTS:
+                self._publish_batch(Batch(events[0].conversation_id, events))
+                continue
+            for start in range(0, len(events), MAX_BATCH_EVENTS):
+                piece = events[start:start + MAX_BATCH_EVENTS]
+                self._publish_batch(Batch(piece[0].conversation_id, piece))
         done = time.perf_counter()
         self._last_cost = done - started
         metrics.FANOUT_SECONDS.observe(done - self._first_publish)

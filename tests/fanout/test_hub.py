@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from app.fanout.batch import Batch
-from app.fanout.hub import COALESCE_AFTER, Hub, by_conversation
+from app.fanout.hub import COALESCE_AFTER, MAX_BATCH_EVENTS, Hub, by_conversation
 from protocol.codec import EncodedEvent
 from protocol.events import Done, DoneData, MessageChunk, MessageChunkData
 
@@ -194,3 +194,21 @@ def test_accepted_moves_at_publish_and_a_seq_is_never_delivered_twice() -> None:
     accepted, published, seqs = asyncio.run(go())
     assert (accepted, published) == (2, 0)
     assert seqs == [4]  # 1-3 are at or below the mark: never delivered twice
+
+
+def test_one_huge_commit_reaches_a_subscriber_in_pieces_within_the_batch_cap() -> None:
+    """A single run's commit of more than MAX_BATCH_EVENTS (store_batch is 20,000) is cut:
+    every piece within the cap, in order, contiguous, the done last; the mark and the
+    replay cache end where the commit ends."""
+    n = 2 * MAX_BATCH_EVENTS + 10
+    hub = Hub()
+    a = Recorder("a")
+    hub.add(a)
+    hub.publish([chunk("a", s) for s in range(1, n)] + [done("a", n)])
+    hub.flush()
+    assert [len(b.events) for b in a.batches] == [MAX_BATCH_EVENTS, MAX_BATCH_EVENTS, 10]
+    assert a.seqs == list(range(1, n + 1))
+    assert a.batches[-1].events[-1].type == "done"
+    assert hub.published_seq("a") == n
+    cached = hub.recent.after("a", 0, n + 5)
+    assert cached is not None and [e.seq for e in cached] == list(range(1, n + 1))
