@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.helpers import check_run
 from tests.process import ServerProcess
 from tests.sse_client import iter_frames, read_events
 
@@ -283,3 +285,25 @@ def test_a_database_that_cannot_be_opened_is_one_line_and_exit_5(tmp_path: Path)
     assert res.returncode == 5
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot open" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_each_event_loop_serves_a_streamed_run_and_says_which(
+    tmp_path: Path, procs: list[ServerProcess], loop: str
+) -> None:
+    """``--event-loop``: both loops serve the same wire (a streamed run keeps the promise),
+    and the listening line names the loop actually used."""
+    proc = ServerProcess(tmp_path / "loop.db", "--event-loop", loop, "--log-level", "info",
+                         "--log-format", "json")
+    procs.append(proc)
+    await proc.start()
+    body = {"agent": "demo", "input": {"tokens": 20, "delay_ms": 1}}
+    async with aiohttp.ClientSession() as http, http.post(
+            proc.base + "/v1/runs", headers={"Accept": "text/event-stream"}, json=body) as r:
+        assert r.status == 200
+        events = [f.json async for f in iter_frames(r) if f.data]
+    run_id = events[0]["run_id"]
+    check_run(events, run_id)
+    listening = [json.loads(line) for line in proc.log_path.read_text().splitlines()
+                 if '"listening on' in line]
+    assert listening and listening[0]["event_loop"] == loop
