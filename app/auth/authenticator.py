@@ -50,6 +50,11 @@ class Principal:
         return self.admin or owner is None or owner == self.user
 
 
+# The one caller of a deployment without authentication: shared (the dataclass is frozen), so
+# an idle stream under ``--auth none`` holds no principal of its own (issue 13, P3).
+NO_AUTH = Principal(ANONYMOUS, admin=True, scoped=False)
+
+
 def unauthenticated(message: str) -> Unauthenticated:
     return Unauthenticated("unauthenticated", message)
 
@@ -135,7 +140,7 @@ class Authenticator:
         """The caller and where its credential came from (the cookie is ambient: a browser
         sends it on other sites' requests too, so the caller checks their origin)."""
         if not self.enabled:
-            return Principal(ANONYMOUS, admin=True, scoped=False), "none"
+            return NO_AUTH, "none"
         header = request.headers.get("Authorization", "")
         if header:
             scheme, _, value = header.partition(" ")
