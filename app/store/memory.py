@@ -211,9 +211,10 @@ class MemoryEventStore(EventStore):
 
 
 def _text(value: object) -> str | None:
-    """A metadata value as SQLite's ``CAST(json_extract(...) AS TEXT)`` gives it."""
+    """A metadata scalar as its JSON text, as PostgreSQL's ``->>`` and the SQLite store's
+    filter give it (``true``, ``false``, numbers as written)."""
     if value is None or isinstance(value, dict | list):
         return None
     if isinstance(value, bool):
-        return "1" if value else "0"
+        return "true" if value else "false"
     return str(value)

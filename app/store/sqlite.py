@@ -272,9 +272,13 @@ def _conversation_sql(query: ConversationQuery) -> tuple[str, list[Any]]:
         run_checks.append("json_extract(CAST(r.record AS TEXT), '$.agent') = ?")
         args.append(query.agent)
     for key, value in query.metadata.items():
-        # Keys are checked against [A-Za-z0-9_-] by the API: safe inside a JSON path.
+        # Keys are checked against [A-Za-z0-9_-] by the API: safe inside a JSON path. A value
+        # compares as its JSON text, as PostgreSQL's ->> gives it: json_extract turns true
+        # and false into 1 and 0, so booleans are spelled out.
+        path = f"CAST(r.record AS TEXT), '$.metadata.\"{key}\"'"
         run_checks.append(
-            f"CAST(json_extract(CAST(r.record AS TEXT), '$.metadata.\"{key}\"') AS TEXT) = ?")
+            f"CASE json_type({path}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' "
+            f"ELSE CAST(json_extract({path}) AS TEXT) END = ?")
         args.append(value)
     if run_checks:
         where.append("EXISTS (SELECT 1 FROM runs r WHERE r.conversation_id = c.id AND "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,7 +176,7 @@ async def test_expire_drops_only_idle_finished_conversations(store: EventStore) 
 
 
 def _run(run_id: str, conv: str, first_seq: int, status: str = "completed",
-         agent: str = "demo", **meta: str) -> RunRecord:
+         agent: str = "demo", **meta: Any) -> RunRecord:
     return RunRecord(run_id, conv, agent, status, 1, first_seq=first_seq,
                      metadata=dict(meta) or None)
 
@@ -185,8 +186,8 @@ async def test_list_conversations_keyset_and_filters(store: EventStore) -> None:
         store.enqueue(PutConversation.of(ConversationRecord(f"c{i}", 100 + i, 100 + i, owner)))
     store.enqueue(PutRun.of(_run("r0a", "c0", 1, agent="echo", team="red")))
     store.enqueue(PutRun.of(_run("r0b", "c0", 5, status="running")))
-    store.enqueue(PutRun.of(_run("r1", "c1", 1, team="blue")))
-    store.enqueue(PutRun.of(_run("r3", "c3", 1, status="failed")))
+    store.enqueue(PutRun.of(_run("r1", "c1", 1, team="blue", vip=True, seats=5)))
+    store.enqueue(PutRun.of(_run("r3", "c3", 1, status="failed", vip=False, seats=1.5)))
     await store.flush()
 
     def ids(page: list[ConversationRecord]) -> list[str]:
@@ -205,6 +206,11 @@ async def test_list_conversations_keyset_and_filters(store: EventStore) -> None:
         "c0"]
     assert ids(await store.list_conversations(
         ConversationQuery("ann", 10, metadata={"team": "blue"}))) == ["c1"]
+    # Non-string values compare as their JSON text, the same on every store.
+    for meta, want in (({"vip": "true"}, ["c1"]), ({"vip": "false"}, ["c3"]), ({"vip": "1"}, []),
+                       ({"seats": "5"}, ["c1"]), ({"seats": "1.5"}, ["c3"])):
+        assert ids(await store.list_conversations(
+            ConversationQuery("ann", 10, metadata=meta))) == want, meta
     assert ids(await store.list_conversations(
         ConversationQuery("ann", 10, status="running"))) == ["c0"]
     assert ids(await store.list_conversations(
