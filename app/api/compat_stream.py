@@ -66,10 +66,12 @@ async def begin(request: web.Request, plan: Plan) -> Target:
         if st.shutting_down:
             raise shutting_down()
         st.run_limiter.check(principal.user)
-        run = await st.engine.start_run(plan.request, owner=principal.owner,
+        # engine.start, as POST /v1/runs: the conversation's multitask policy applies (a
+        # busy thread gets 409 conversation_busy by default, not a second run beside it).
+        started = await st.engine.start(plan.request, owner=principal.owner,
                                         admin=principal.admin)
-        record = run.record
-        return Target(record.conversation_id, record.run_id, record.first_seq - 1,
+        record = started.record
+        return Target(record.conversation_id, record.run_id, started.after,
                       record.on_disconnect == "cancel")
     ref = plan.ref
     found = await run_for(st.engine, principal, ref.run_id, write=True)

@@ -211,7 +211,10 @@ class Scheduler:
         )
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                run = await self.engine.start_run(
+                # engine.start, as POST /v1/runs: the multitask policy applies, so a firing
+                # while the last one still runs is refused (conversation_busy, recorded as
+                # this firing's error) instead of starting a second run beside it.
+                started = await self.engine.start(
                     req, owner=schedule.owner, admin=schedule.owner_admin
                 )
         except AgentstreamError as exc:
@@ -223,9 +226,10 @@ class Scheduler:
             error = ErrorDetail("internal_error", f"{type(exc).__name__}: {exc}")
         else:
             schedule.fires += 1
-            schedule.last_run_id = run.run_id
+            schedule.last_run_id = started.record.run_id
             schedule.last_error = None
-            log.info("schedule_fired", schedule_id=schedule.schedule_id, run_id=run.run_id,
+            log.info("schedule_fired", schedule_id=schedule.schedule_id,
+                     run_id=started.record.run_id,
                      conversation_id=schedule.conversation_id)
             return
         schedule.failures += 1

@@ -146,3 +146,36 @@ async def test_firing_that_cannot_start_a_run_is_recorded_and_the_schedule_goes_
     assert schedule["next_fire_at"] > schedule["last_fire_at"]
     async with http.get(url(second, "/v1/schedules")) as resp:
         assert [s["schedule_id"] for s in (await resp.json())["schedules"]] == [sid]
+
+
+async def test_a_firing_into_a_conversation_busy_with_another_run_is_refused(
+    server: LiveServer, http: aiohttp.ClientSession
+) -> None:
+    """Firings go through the multitask policy like POST /v1/runs: while a client's run is
+    active in the schedule's conversation, a firing (default ``reject``) is recorded as
+    ``conversation_busy``, and no run ever runs beside another."""
+    base = url(server, "")
+    created = await create_schedule(http, base)
+    sid, cid = created["schedule_id"], created["conversation_id"]
+    await wait_for(http, base, sid, "fires", 1)
+    slow = {"agent": "demo", "conversation_id": cid, "multitask": "enqueue",
+            "input": {**QUICK_DEMO, "tokens": 15, "delay_ms": 100}}  # ~1.5 s
+    async with http.post(f"{base}/v1/runs", json=slow) as resp:
+        assert resp.status == 202, await resp.text()
+    schedule = await wait_for(http, base, sid, "failures", 1)
+    assert schedule["last_error"]["code"] == "conversation_busy"
+    async with http.delete(f"{base}/v1/schedules/{sid}") as resp:
+        assert resp.status in (200, 204)
+    events = await conversation_events(http, server, cid, settle=1.0)
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    open_runs: set[str] = set()
+    for e in events:
+        if e["type"] == "run_started":
+            assert not open_runs, f"{e['run_id']} started beside {open_runs}"
+            open_runs.add(e["run_id"])
+        elif e["type"] == "done":
+            mine = [x for x in events if x["run_id"] == e["run_id"]]
+            assert mine[-1] is e and e["data"]["events"] == len(mine)
+            open_runs.discard(e["run_id"])
+    assert not open_runs
