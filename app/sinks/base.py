@@ -132,7 +132,7 @@ class Sink:
 
     def unsubscribe(self, key: Key) -> bool:
         """Drop a subscription and whatever of it is still queued."""
-        cursor = self.delivery.cursors.get(key)
+        cursor = self.delivery.cursor(key)
         if cursor is None:
             return False
         self._end(cursor)
