@@ -104,9 +104,10 @@ class Delivery:
     ) -> None:
         self.transport = transport
         self.queue = SendQueue(queue_events, queue_bytes)
-        # A list, not a dict by key: an SSE stream holds one cursor, a WebSocket a few
-        # (a one-entry dict is 224 bytes); lookups by key happen per command, not per event.
-        self._cursors: list[Cursor] = []
+        # A tuple, not a dict by key: an SSE stream holds one cursor, a WebSocket a few
+        # (a one-entry dict is 224 bytes, a one-entry tuple 56); lookups by key and changes
+        # happen per command, not per event.
+        self._cursors: tuple[Cursor, ...] = ()
         self.merge = merge  # fold chunks when catching up after an overflow
         self.overflows = 0
         self.dropped_events = 0  # queued events dropped by the last overflow
@@ -139,18 +140,18 @@ class Delivery:
         if old is not None:
             self.end(old)
         cursor = Cursor(conversation_id, run_id, after, ends_on_done, listener, types)
-        self._cursors.append(cursor)
+        self._cursors += (cursor,)
         return cursor, old
 
     def end(self, cursor: Cursor) -> None:
         """End ``cursor`` and drop what it still had queued."""
         cursor.end()
         if cursor in self._cursors:
-            self._cursors.remove(cursor)
+            self._cursors = tuple(c for c in self._cursors if c is not cursor)
         self.queue.purge(cursor)
 
-    def end_all(self) -> list[Cursor]:
-        cursors, self._cursors = self._cursors, []
+    def end_all(self) -> tuple[Cursor, ...]:
+        cursors, self._cursors = self._cursors, ()
         for cursor in cursors:
             cursor.end()
         self.queue.take()
@@ -158,6 +159,9 @@ class Delivery:
 
     def lagging(self) -> list[Cursor]:
         return [c for c in self._cursors if c.lagging]
+
+    def has_lagging(self) -> bool:
+        return any(c.lagging for c in self._cursors)
 
     # ---- live --------------------------------------------------------------------------
 
