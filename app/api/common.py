@@ -108,8 +108,18 @@ def parse_last_event_id(request: web.Request) -> int:
     are checked when both are sent (a bad one is never silently ignored); empty is no
     position."""
     header = request.headers.get("Last-Event-ID", "").strip()
-    query = _position("last_event_id", request.query.get("last_event_id", "").strip())
+    # No query string, no parsed query: it would be kept for the request's life (an idle
+    # stream's, issue 13).
+    raw = request.query.get("last_event_id", "") if has_query(request) else ""
+    query = _position("last_event_id", raw.strip())
     return _position("Last-Event-ID", header) if header else query
+
+
+def has_query(request: web.Request) -> bool:
+    """The request target has a query string. Read from the raw target: ``query`` and
+    even ``query_string`` are cached on the request for its whole life, which for an idle
+    stream is memory per connection (issue 13)."""
+    return bool(request.rel_url.raw_query_string)
 
 
 def _position(source: str, raw: str) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
@@ -11,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from app.api.common import (
+    has_query,
     idempotency_key,
     json_response,
     parse_last_event_id,
@@ -91,10 +91,11 @@ async def start_run(request: web.Request) -> web.StreamResponse:
                              _events_url(record.run_id), started.replayed),
             status=202,
         )
-    opened = await _open_started(request, st, principal, started, position)
-    if opened.pump is not None:
-        await opened.pump  # the idle stack: this frame and the pump's (issue 13)
-    return opened.response
+    response, pump = await _open_started(request, st, principal, started, position)
+    del body, started, record, principal, st  # an idle stream keeps only what it uses
+    if pump is not None:
+        await pump  # the idle stack: this frame and the pump's (issue 13)
+    return response
 
 
 async def _open_started(request: web.Request, st: State, principal: Principal,
@@ -134,40 +135,49 @@ async def get_run(request: web.Request) -> web.Response:
 
 @routes.get("/v1/runs/{run_id}/events")
 async def run_events(request: web.Request) -> web.StreamResponse:
-    return await _serve_target(request, run_id=path_id(request, "run_id"))
+    """The run's SSE stream. The handler awaits the sink's pump itself: while the stream
+    is idle, its frame (four locals) and the pump's are the whole stack below the
+    middleware (issue 13, P3)."""
+    response, pump = await _open_target(request, run_id=path_id(request, "run_id"))
+    if pump is not None:
+        await pump
+    return response
 
 
 @routes.get("/v1/conversations/{conversation_id}/events")
 async def conversation_events(request: web.Request) -> web.StreamResponse:
     """SSE (what EventSource asks for, and the default); a JSON page when the client asks
-    for ``application/json`` and not for ``text/event-stream``."""
+    for ``application/json`` and not for ``text/event-stream``. Awaits the pump itself,
+    as ``run_events`` does."""
     cid = path_id(request, "conversation_id")
-    query_limit(request, 1, MAX_EVENT_PAGE)  # the page parameters are checked either way
-    query_after(request)
+    if has_query(request):  # no query: nothing to check, and no parsed query kept
+        query_limit(request, 1, MAX_EVENT_PAGE)  # the page parameters are checked either way
+        query_after(request)
     if wants_json(request):
         return await events_page(_state(request), request, cid)
-    return await _serve_target(request, conversation_id=cid)
+    response, pump = await _open_target(request, conversation_id=cid)
+    if pump is not None:
+        await pump
+    return response
 
 
-async def _serve_target(request: web.Request, *, run_id: str | None = None,
-                        conversation_id: str | None = None) -> web.StreamResponse:
-    """Both SSE GETs: resolve the target (targets.py, shared with WebSocket), then stream.
-    The handler's tail call: its frame is the only one between the middleware and the
-    sink's pump while the stream is idle."""
+async def _open_target(request: web.Request, *, run_id: str | None = None,
+                       conversation_id: str | None = None) -> Opened:
+    """Both SSE GETs: resolve the target (targets.py, shared with WebSocket), then open
+    the stream; the handler awaits the pump (this frame is gone by then)."""
     st = _state(request)
     principal = principal_of(request)
+    query = request.query if has_query(request) else None
     target = await resolve(
         st.engine, principal, shutting=st.shutting_down, run_id=run_id,
         conversation_id=conversation_id, after=parse_last_event_id(request),
-        types=parse_types(request.query.get("types")), snapshot=query_flag(request, "snapshot"))
+        types=parse_types(query.get("types")) if query else None,
+        snapshot=query_flag(request, "snapshot") if query else False)
     if target.finished:
         # The browser saw ``done``: 204 makes EventSource stop reconnecting.
-        return web.Response(status=204)
+        return Opened(web.Response(status=204), None)
     _take_slot(st, principal)
-    opened = await _open_stream(request, st, principal, target)
-    if opened.pump is not None:
-        await opened.pump
-    return opened.response
+    return await _open_stream(request, st, principal, target)
 
 
 @routes.post("/v1/conversations/{conversation_id}/stream-token")
@@ -251,26 +261,32 @@ def serve_registered(st: State, sink: SseSink, cancel_run: str | None, closed_ev
     run's ``on_disconnect: cancel``); give back ``slot_user``'s connection slot. Shared
     by the native and the compat streams.
 
-    Not ``async`` and no closure: the clean-up is a ``partial`` on the sink, so an idle
-    stream holds no try/finally frame of its own (issue 13, P3)."""
+    Not ``async`` and no closure or ``partial``: what the clean-up needs sits in the
+    sink's own slots and ``on_stopped`` is the one module function, so an idle stream
+    holds no try/finally frame and no per-connection callable (issue 13, P3)."""
     st.sinks.add(sink)
-    sink.on_stopped = functools.partial(_stream_stopped, st, cancel_run, closed_event,
-                                        slot_user)
+    sink.served_by = st
+    sink.cancel_run = cancel_run
+    sink.closed_event = closed_event
+    sink.slot_user = slot_user
+    sink.on_stopped = _stream_stopped
     return serve_sink(sink)
 
 
-def _stream_stopped(st: State, cancel_run: str | None, closed_event: str,
-                    slot_user: str | None, sink: Sink) -> None:
+def _stream_stopped(sink: Sink) -> None:
+    assert isinstance(sink, SseSink)
+    st: State = sink.served_by
+    sink.served_by = None
     if sink.close_reason is None:
         # Ended without a reason: cancelled, i.e. aiohttp's handler cancellation (the client
         # went away).
         sink.close("disconnected")
     st.sinks.discard(sink)
-    if slot_user is not None:
-        st.connections.release(slot_user)
-    if cancel_run is not None and sink.peer_lost:
-        st.engine.request_cancel(cancel_run, reason="client_disconnected")
-    log.info(closed_event, reason=sink.close_reason, delivered=sink.delivered)
+    if sink.slot_user is not None:
+        st.connections.release(sink.slot_user)
+    if sink.cancel_run is not None and sink.peer_lost:
+        st.engine.request_cancel(sink.cancel_run, reason="client_disconnected")
+    log.info(sink.closed_event, reason=sink.close_reason, delivered=sink.delivered)
 
 
 @routes.post("/v1/runs/{run_id}/input")

@@ -32,12 +32,13 @@ import structlog
 from app import metrics
 from app.fanout.batch import Batch, Blob
 from app.fanout.hub import Hub
+from app.sinks import pump
 from app.sinks.catchup import read_page
 from app.sinks.cursor import Cursor, Key
 from app.sinks.delivery import Delivery
 from app.sinks.ending import PEER_LOST_REASONS, SinkClosed, caused_by_timeout
 from app.sinks.policy import SinkPolicy
-from app.sinks.pump import Pump, Writer
+from app.sinks.pump import Writer
 from app.sinks.timers import Deadlines, Due, Wheel, wheel
 from app.sinks.wire import Wake, Wire
 
@@ -53,23 +54,21 @@ class Sink:
 
     # Slots, not a __dict__: one of these per open connection (idle memory, issue 13).
     __slots__ = (
-        "_deadlines", "_last_delivery", "_overflows", "_tally", "_wheel", "close_reason",
+        "_deadlines", "_last_delivery", "_overflows", "_wheel", "close_reason",
         "closed", "connection_id", "delivered", "delivery", "ending", "hub", "on_finished",
-        "on_stopped", "policy", "store", "transport", "wake", "wire", "writer",
+        "on_stopped", "policy", "store", "wake", "wheel_tick", "wire", "writer",
     )
 
     def __init__(
         self, wire: Wire, hub: Hub, store: EventStore, policy: SinkPolicy, connection_id: str
     ) -> None:
         self.wire = wire
-        self.transport = wire.name  # "sse" | "ws": the metrics label
         self.hub = hub
         self.store = store
         self.policy = policy
         self.connection_id = connection_id
-        self.delivery = Delivery(
-            wire.name, policy.queue_events, policy.queue_bytes, policy.merge_chunks
-        )
+        self.delivery = Delivery(wire.name, policy.queue_events, policy.queue_bytes,
+                                 policy.merge_chunks)
         # Called when a subscription ends with its run's ``done`` (SSE: the response ends;
         # WebSocket: the connection forgets the run).
         self.on_finished: Callable[[Cursor], None] | None = None
@@ -87,10 +86,15 @@ class Sink:
         self.close_reason: str | None = None
         self.delivered = 0
         self._wheel: Wheel | None = None
+        self.wheel_tick: int | None = None  # the wheel's (timers.py)
         self._deadlines: Deadlines | None = None
         self._last_delivery = 0.0
-        self._tally = metrics.DELIVERED.counts
-        self._tally.setdefault(self.transport, 0)
+        metrics.DELIVERED.counts.setdefault(wire.name, 0)
+
+    @property
+    def transport(self) -> str:
+        """"sse" | "ws": the metrics label (the wire's name; not a slot of its own)."""
+        return self.wire.name
 
     @property
     def log(self) -> Any:
@@ -132,7 +136,7 @@ class Sink:
 
     def unsubscribe(self, key: Key) -> bool:
         """Drop a subscription and whatever of it is still queued."""
-        cursor = self.delivery.cursors.get(key)
+        cursor = self.delivery.cursor(key)
         if cursor is None:
             return False
         self._end(cursor)
@@ -263,9 +267,9 @@ class Sink:
     def run(self) -> Coroutine[Any, Any, None]:
         """Deliver until closed; returns normally, the reason is ``close_reason``.
 
-        Not ``async``: it hands back the writer loop's own coroutine (``Pump.run``), so an
+        Not ``async``: it hands back the writer loop's own coroutine (``pump.run``), so an
         idle connection holds one suspended frame fewer."""
-        return Pump(self).run()
+        return pump.run(self)
 
     def started(self) -> None:
         """The writer task began: count the connection, join the loop's timer wheel."""
@@ -294,4 +298,4 @@ class Sink:
         self.delivered += count
         if self._wheel is not None:
             self._last_delivery = self._wheel.now
-        self._tally[self.transport] += count
+        metrics.DELIVERED.counts[self.wire.name] += count

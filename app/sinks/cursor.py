@@ -109,7 +109,6 @@ class Cursor:
     __slots__ = (
         "conversation_id",
         "ends_on_done",
-        "key",
         "listener",
         "phase",
         "queued_seq",
@@ -131,7 +130,6 @@ class Cursor:
         self.run_id = run_id
         # Event types this subscription wants (None: all); ``done`` is always among them.
         self.types = types
-        self.key = subscription_key(conversation_id, run_id)
         self.ends_on_done = ends_on_done
         self.listener = listener
         self.phase = Phase.RESUMING
@@ -140,6 +138,11 @@ class Cursor:
 
     def __repr__(self) -> str:
         return f"Cursor({self.key}, {self.phase.value}, written={self.written_seq})"
+
+    @property
+    def key(self) -> Key:
+        """Its subscription key; made on use (a tuple per idle cursor is memory)."""
+        return subscription_key(self.conversation_id, self.run_id)
 
     @property
     def lagging(self) -> bool:

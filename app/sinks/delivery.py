@@ -17,6 +17,8 @@ The rules it keeps:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from app.fanout.batch import Batch, Blob, Transport
 from app.sinks.cursor import Cursor, Key, Listener, Page, PageOut, subscription_key
 
@@ -47,8 +49,10 @@ class SendQueue:
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
-        # A list, not a deque: an empty deque costs a 64-slot block per connection.
-        self.items: list[Item] = []
+        # The shared empty tuple until something is queued: an idle connection keeps no
+        # list of its own (a list, not a deque, once used: an empty deque costs a 64-slot
+        # block per connection).
+        self.items: Sequence[Item] = ()
         self.events = 0
         self.bytes = 0
 
@@ -63,16 +67,20 @@ class SendQueue:
             return False
         self.events = events
         self.bytes = size
-        self.items.append(Item(cursor, blob))
+        items = self.items
+        if isinstance(items, list):
+            items.append(Item(cursor, blob))
+        else:
+            self.items = [Item(cursor, blob)]
         return True
 
     def fits(self, blob: Blob) -> bool:
         """``blob`` alone is within this queue's bounds (events and bytes)."""
         return blob.count <= self.max_events and len(blob.data) <= self.max_bytes
 
-    def take(self) -> list[Item]:
+    def take(self) -> Sequence[Item]:
         items = self.items
-        self.items = []
+        self.items = ()
         self.events = 0
         self.bytes = 0
         return items
@@ -88,15 +96,33 @@ class SendQueue:
 class Delivery:
     """Every subscription of one connection and what to write for them next."""
 
+    # Slots, and the cursors in a list: one of these per open connection (issue 13, P3).
+    __slots__ = ("_cursors", "dropped_events", "merge", "overflows", "queue", "transport")
+
     def __init__(
         self, transport: Transport, queue_events: int, queue_bytes: int, merge: bool
     ) -> None:
         self.transport = transport
         self.queue = SendQueue(queue_events, queue_bytes)
-        self.cursors: dict[Key, Cursor] = {}
+        # A tuple, not a dict by key: an SSE stream holds one cursor, a WebSocket a few
+        # (a one-entry dict is 224 bytes, a one-entry tuple 56); lookups by key and changes
+        # happen per command, not per event.
+        self._cursors: tuple[Cursor, ...] = ()
         self.merge = merge  # fold chunks when catching up after an overflow
         self.overflows = 0
         self.dropped_events = 0  # queued events dropped by the last overflow
+
+    @property
+    def cursors(self) -> dict[Key, Cursor]:
+        """The subscriptions by key: a snapshot (changing it changes nothing here)."""
+        return {c.key: c for c in self._cursors}
+
+    def cursor(self, key: Key) -> Cursor | None:
+        """The subscription with ``key``, if any."""
+        for cursor in self._cursors:
+            if cursor.key == key:
+                return cursor
+        return None
 
     # ---- subscriptions -----------------------------------------------------------------
 
@@ -110,30 +136,32 @@ class Delivery:
         types: frozenset[str] | None = None,
     ) -> tuple[Cursor, Cursor | None]:
         """A new cursor resuming after ``after``, and the one it replaced (now ended)."""
-        old = self.cursors.get(subscription_key(conversation_id, run_id))
+        old = self.cursor(subscription_key(conversation_id, run_id))
         if old is not None:
             self.end(old)
         cursor = Cursor(conversation_id, run_id, after, ends_on_done, listener, types)
-        self.cursors[cursor.key] = cursor
+        self._cursors += (cursor,)
         return cursor, old
 
     def end(self, cursor: Cursor) -> None:
         """End ``cursor`` and drop what it still had queued."""
         cursor.end()
-        if self.cursors.get(cursor.key) is cursor:
-            del self.cursors[cursor.key]
+        if cursor in self._cursors:
+            self._cursors = tuple(c for c in self._cursors if c is not cursor)
         self.queue.purge(cursor)
 
-    def end_all(self) -> list[Cursor]:
-        cursors = list(self.cursors.values())
+    def end_all(self) -> tuple[Cursor, ...]:
+        cursors, self._cursors = self._cursors, ()
         for cursor in cursors:
             cursor.end()
-        self.cursors.clear()
         self.queue.take()
         return cursors
 
     def lagging(self) -> list[Cursor]:
-        return [c for c in self.cursors.values() if c.lagging]
+        return [c for c in self._cursors if c.lagging]
+
+    def has_lagging(self) -> bool:
+        return any(c.lagging for c in self._cursors)
 
     # ---- live --------------------------------------------------------------------------
 
@@ -165,16 +193,16 @@ class Delivery:
         many queued events were dropped."""
         dropped = self.dropped_events = self.queue.events
         self.queue.take()
-        for cursor in self.cursors.values():
+        for cursor in self._cursors:
             cursor.fall_behind()
         self.overflows += 1
         return dropped
 
-    def take(self) -> list[Item]:
+    def take(self) -> Sequence[Item]:
         """Everything queued, oldest first, to be written as one write."""
         return self.queue.take()
 
-    def written(self, items: list[Item]) -> tuple[int, list[Cursor]]:
+    def written(self, items: Sequence[Item]) -> tuple[int, list[Cursor]]:
         """The transport took ``items``: (events delivered, cursors that finished)."""
         count = 0
         finished: list[Cursor] = []
@@ -194,6 +222,6 @@ class Delivery:
         return cursor.page_written(out, published_now)
 
 
-def joined(items: list[Item]) -> bytes:
+def joined(items: Sequence[Item]) -> bytes:
     """One write's bytes: a lone item's shared bytes as they are, else joined once."""
     return items[0].blob.data if len(items) == 1 else b"".join([i.blob.data for i in items])

@@ -26,7 +26,11 @@ RESOLUTION = 0.05
 
 
 class Timed(Protocol):
-    """A wheel entry: called once its slot is due; it reschedules itself if it wants more."""
+    """A wheel entry: called once its slot is due; it reschedules itself if it wants more.
+    ``wheel_tick`` is the wheel's own note of where the entry sits (None: not scheduled),
+    kept on the entry rather than in a second dict per wheel (memory per connection)."""
+
+    wheel_tick: int | None
 
     def on_timer(self, now: float) -> None: ...
 
@@ -39,7 +43,6 @@ class Wheel:
         self.resolution = resolution
         self.now = loop.time()
         self._slots: dict[int, dict[Timed, None]] = {}
-        self._where: dict[Timed, int] = {}
         self._tick = self._tick_of(self.now)
         self._handle: asyncio.TimerHandle | None = None
 
@@ -47,7 +50,7 @@ class Wheel:
         return math.floor(when / self.resolution)
 
     def __len__(self) -> int:
-        return len(self._where)
+        return sum(len(slot) for slot in self._slots.values())
 
     def time(self) -> float:
         """The loop's clock now; also refreshes ``now``, which is only kept fresh while the
@@ -64,14 +67,15 @@ class Wheel:
             self._tick = max(self._tick, self._tick_of(self.time()))
         tick = max(self._tick + 1, math.ceil(when / self.resolution))
         self._slots.setdefault(tick, {})[entry] = None
-        self._where[entry] = tick
+        entry.wheel_tick = tick
         if self._handle is None:
             self._arm()
 
     def cancel(self, entry: Timed) -> None:
-        tick = self._where.pop(entry, None)
+        tick = getattr(entry, "wheel_tick", None)
         if tick is None:
             return
+        entry.wheel_tick = None
         slot = self._slots.get(tick)
         if slot is not None:
             slot.pop(entry, None)
@@ -93,10 +97,10 @@ class Wheel:
         self._tick = max(self._tick, current)
         for tick in due:
             for entry in self._slots.pop(tick, {}):
-                if self._where.get(entry) == tick:
-                    del self._where[entry]
+                if entry.wheel_tick == tick:
+                    entry.wheel_tick = None
                     entry.on_timer(self.now)
-        if self._where:
+        if self._slots:
             self._arm()
 
 

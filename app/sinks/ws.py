@@ -86,7 +86,7 @@ class WsWire:
 
     name: Transport = "ws"
     __slots__ = ("_pong_within", "_protocol", "_transport", "_wheel", "heard", "on_silent",
-                 "view", "ws")
+                 "view", "wheel_tick", "ws")
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request,
                  heartbeat: float = 0.0) -> None:
@@ -99,6 +99,7 @@ class WsWire:
         self.on_silent: Callable[[], None] | None = None  # a ping went unanswered
         self._pong_within = heartbeat / 2
         self._wheel: Wheel | None = None
+        self.wheel_tick: int | None = None  # the wheel's (timers.py)
         self._protocol._data_received_cb = self._data_received
 
     def _data_received(self) -> None:

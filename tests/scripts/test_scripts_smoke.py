@@ -60,3 +60,21 @@ def test_bench_quick_p7_measures_the_product_beside_the_floor(tmp_path: Path) ->
     for row in rows:
         if row["metric"] != "publish->receive p50":
             assert row["value"] > 0 and row["baselines"]["floor"] > 0, row
+
+
+def test_probe_idle_memory_reports_rss_and_sites_against_the_minimal_handler(
+    tmp_path: Path,
+) -> None:
+    """``probe_idle_memory.py``: RSS per idle stream, the traced sites, the live objects
+    (the pump's coroutine among them), and the difference from a saved run."""
+    base = tmp_path / "base.json"
+    proc = run("probe_idle_memory.py", "--baseline", "-n", "20", "--settle", "0.5",
+               "--top", "5", "--save", str(base))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "baseline /idle: 20 idle streams, RSS" in proc.stdout and base.exists()
+    proc = run("probe_idle_memory.py", "-n", "20", "--settle", "0.5", "--top", "5",
+               "--against", str(base))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "agentstream: 20 idle streams, RSS" in proc.stdout
+    assert "B per connection in all" in proc.stdout and "coroutine run" in proc.stdout
+    assert f"against {base}" in proc.stdout
