@@ -18,7 +18,7 @@ async def scrape(request: web.Request) -> web.Response:
     lagging = {"sse": 0, "ws": 0}
     for sink in st.sinks:
         depth[sink.transport] += sink.delivery.queue.events
-        lagging[sink.transport] += sum(1 for s in sink.delivery.cursors.values() if s.lagging)
+        lagging[sink.transport] += len(sink.delivery.lagging())
     for transport in depth:
         metrics.QUEUE_DEPTH.labels(transport).set(depth[transport])
         metrics.LAGGING.labels(transport).set(lagging[transport])

@@ -131,7 +131,7 @@ class Commands:
 
     def check_room(self) -> None:
         limit = self.state.settings.max_subscriptions
-        if limit and len(self.sink.delivery.cursors) >= limit:
+        if limit and self.sink.delivery.count() >= limit:
             metrics.LIMITED.labels("subscriptions").inc()
             raise LimitExceeded("too_many_subscriptions",
                                 f"at most {limit} subscriptions per socket")
@@ -181,7 +181,7 @@ class Commands:
 
     async def subscribe(self, cmd: SubscribeCommand) -> None:
         key = self._key(cmd.conversation_id, cmd.run_id)
-        if key not in self.sink.delivery.cursors:
+        if self.sink.delivery.cursor(key) is None:
             self.check_room()
         target = await resolve(
             self.state.engine, self.principal, shutting=self.state.shutting_down,

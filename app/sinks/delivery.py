@@ -117,6 +117,10 @@ class Delivery:
         """The subscriptions by key: a snapshot (changing it changes nothing here)."""
         return {c.key: c for c in self._cursors}
 
+    def count(self) -> int:
+        """How many subscriptions this connection holds."""
+        return len(self._cursors)
+
     def cursor(self, key: Key) -> Cursor | None:
         """The subscription with ``key``, if any."""
         for cursor in self._cursors:
